@@ -1,0 +1,1 @@
+"""The `ftlaunch` command line: one small module per verb."""

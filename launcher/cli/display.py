@@ -1,0 +1,64 @@
+"""Terminal output for plans and rendered files (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from launcher.plan import Plan
+from launcher.render.commands import launch_command_lines, node_command_lines
+
+
+def _steps(plan: Plan) -> str:
+    if plan.steps_per_epoch is None:
+        if plan.total_steps:
+            return f"{plan.total_steps} (max_steps); per epoch: counted at run time"
+        return "counted at run time (row count of a Hub dataset is known once it is loaded)"
+    total = f"{plan.steps_per_epoch} per epoch x {plan.epochs} epoch(s) = {plan.total_steps}"
+    return f"{total} optimizer steps, warmup {plan.warmup_steps}"
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title=f"ftlaunch plan: {plan.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    device = f"cuda, {plan.gpus_per_node} GPU(s) per node" if plan.device == "cuda" else "cpu (gloo)"
+    rows_train = "?" if plan.train_rows is None else f"{plan.train_rows:,}"
+    rows_eval = "?" if plan.eval_rows is None else f"{plan.eval_rows:,}"
+    backend = plan.backend if plan.backend == "ddp" else f"deepspeed ZeRO-{plan.zero_stage}"
+    port = plan.rendezvous.port if plan.rendezvous.port is not None else plan.rendezvous.port_rule
+    padding = plan.padding + (f", multiple of {plan.pad_to_multiple_of}" if plan.pad_to_multiple_of else "")
+    table.add_row("run dir", plan.run_dir)
+    table.add_row("target", plan.target)
+    table.add_row("world size", f"{plan.world_size} = {plan.nodes} node(s) x {plan.procs_per_node} process(es)")
+    table.add_row("device", device)
+    table.add_row(
+        "effective batch",
+        f"{plan.effective_batch_size} = {plan.per_device_batch_size} per device x "
+        f"{plan.gradient_accumulation_steps} accumulation x {plan.world_size} processes",
+    )
+    table.add_row("data rows", f"train {rows_train}, eval {rows_eval}")
+    table.add_row("steps", _steps(plan))
+    table.add_row("precision", plan.precision)
+    table.add_row("padding", f"{padding} (max_length {plan.max_length})")
+    table.add_row("backend", backend)
+    table.add_row("rendezvous", f"head {plan.rendezvous.head_rule}; port {port}")
+    for note in plan.notes:
+        table.add_row("note", note)
+    return table
+
+
+def print_plan(plan: Plan, console: Console) -> None:
+    console.print(plan_table(plan))
+    console.print("[bold]node commands[/bold] (the node agent checks every node joined, then runs accelerate launch):")
+    for line in node_command_lines(plan):
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print("[bold]training launch per node[/bold]:")
+    for line in launch_command_lines(plan):
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_files(files: dict[str, str], console: Console) -> None:
+    for name, text in files.items():
+        console.rule(f"[bold]{name}")
+        console.print(text, markup=False, highlight=False, end="" if text.endswith("\n") else "\n", soft_wrap=True)

@@ -1,0 +1,235 @@
+"""The plan: a pure function of the recipe and a few facts about where it runs.
+
+Everything that is arithmetic (world size, effective batch, steps) or a decision (device,
+rendezvous, the command each node runs) is made here, once, and written to plan.json. The
+renderers, the node agent and the training entrypoint read it instead of deciding again, so
+what the dry run prints is what runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from launcher.errors import UserError
+from launcher.recipe.schema import Recipe
+
+Target = Literal["local", "slurm"]
+
+# Port pair (rendezvous, join check) from the Slurm job id: even ports only, so jobs with
+# consecutive ids sharing a node never collide; below Linux's ephemeral range (32768+).
+PORT_BASE = 12000
+PORT_SLOTS = 10000
+
+
+def port_for_job(job_id: int) -> int:
+    return PORT_BASE + 2 * (job_id % PORT_SLOTS)
+
+
+PORT_SHELL_EXPR = f"$(( {PORT_BASE} + 2 * (SLURM_JOB_ID % {PORT_SLOTS}) ))"
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the caller found out about the submitting host (kept out of the pure function)."""
+
+    gpus: int = 0  # CUDA GPUs visible here; only matters for local runs
+    python: str = "python"  # interpreter every node runs (the submitting venv's, on a shared filesystem)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    head: str  # address of node 0, or a shell expression evaluated inside the allocation
+    head_rule: str
+    port: int | None  # None: derived from the job id at run time
+    port_rule: str
+    join_timeout_s: int
+    timeout_s: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    target: Target
+    run_dir: str
+    device: Literal["cpu", "cuda"]
+    nodes: int
+    procs_per_node: int
+    world_size: int
+    gpus_per_node: int
+    per_device_batch_size: int
+    eval_batch_size: int
+    gradient_accumulation_steps: int
+    effective_batch_size: int
+    train_rows: int | None
+    eval_rows: int | None
+    micro_batches_per_epoch: int | None  # per process
+    steps_per_epoch: int | None  # optimizer steps
+    epochs: int | None
+    total_steps: int | None
+    warmup_steps: int | None
+    precision: str
+    padding: str
+    max_length: int
+    pad_to_multiple_of: int | None
+    backend: str
+    zero_stage: int | None
+    rendezvous: Rendezvous
+    python: str
+    node_command: list[str]  # with {machine_rank}, {head}, {port} placeholders
+    launch_command: list[str]  # what the node agent runs on each node, same placeholders
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        data = dict(data)
+        data["rendezvous"] = Rendezvous(**data["rendezvous"])
+        return cls(**data)
+
+    def node_argv(self, machine_rank: int, head: str | None = None, port: int | str | None = None) -> list[str]:
+        return _fill(self.node_command, machine_rank, head or self.rendezvous.head, port or self.rendezvous.port)
+
+    def launch_argv(self, machine_rank: int, head: str, port: int | str) -> list[str]:
+        return _fill(self.launch_command, machine_rank, head, port)
+
+
+def _fill(template: list[str], machine_rank: int | str, head: str, port: int | str | None) -> list[str]:
+    values = {"{machine_rank}": str(machine_rank), "{head}": str(head), "{port}": str(port)}
+    return [values.get(token, token) for token in template]
+
+
+def make_plan(
+    recipe: Recipe,
+    target: Target,
+    run_dir: str,
+    host: HostFacts,
+    split_rows: dict[str, int] | None = None,
+    local_port: int | None = None,
+) -> Plan:
+    """Recipe + where it runs -> Plan. Raises UserError for combinations that cannot run."""
+    cluster, train, data = recipe.cluster, recipe.train, recipe.data
+    split_rows = split_rows or {}
+    notes: list[str] = []
+
+    device = _device(recipe, target, host)
+    if device == "cpu" and train.precision == "fp16":
+        where = "this host has no CUDA GPU" if target == "local" else "cluster.gpus_per_node is 0"
+        raise UserError(
+            f"train.precision: fp16 needs a CUDA GPU ({where}); on CPU it would silently run fp32. Use bf16 or no"
+        )
+    if device == "cuda":
+        procs_per_node = cluster.procs_per_node or cluster.gpus_per_node
+    else:
+        procs_per_node = cluster.procs_per_node or 1
+    if target == "local" and device == "cuda" and cluster.nodes * procs_per_node > host.gpus:
+        raise UserError(
+            f"cluster.nodes x procs_per_node = {cluster.nodes * procs_per_node} processes but this host has "
+            f"{host.gpus} GPU(s): lower --nodes/--procs-per-node"
+        )
+    if target == "local" and device == "cpu" and cluster.gpus_per_node:
+        notes.append("no CUDA GPU on this host: running on CPU (gloo)")
+
+    world = cluster.nodes * procs_per_node
+    per_device = train.per_device_batch_size
+    accumulation = train.gradient_accumulation_steps
+    train_rows = split_rows.get(data.train_split)
+    eval_rows = split_rows.get(data.eval_split) if data.eval_split else None
+
+    micro_batches = steps_per_epoch = epochs = total = warmup = None
+    if train_rows is not None:
+        if train_rows == 0:
+            raise UserError(f"data.files.{data.train_split}: the training split is empty")
+        # Every process sees ceil(rows / world) rows (accelerate pads the last shard), batched per device;
+        # a trailing partial accumulation window still ends with an optimizer step.
+        micro_batches = math.ceil(math.ceil(train_rows / world) / per_device)
+        steps_per_epoch = math.ceil(micro_batches / accumulation)
+    if train.max_steps:
+        total = train.max_steps
+        epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else None
+    elif steps_per_epoch is not None:
+        epochs = train.epochs
+        total = steps_per_epoch * epochs
+    if total is not None:
+        warmup = train.warmup_steps or math.ceil(train.warmup_ratio * total)
+    if train.save_strategy == "steps" and total is not None and train.save_steps and train.save_steps > total:
+        notes.append(f"save_steps {train.save_steps} > total steps {total}: only the final model is saved")
+
+    rendezvous = _rendezvous(recipe, target, local_port)
+    node_command = [host.python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
+                    "--head", "{head}", "--port", "{port}"]  # fmt: skip
+    launch_command = [
+        host.python, "-m", "accelerate.commands.launch",
+        "--config_file", f"{run_dir}/accelerate.yaml",
+        "--machine_rank", "{machine_rank}",
+        "--main_process_ip", "{head}",
+        "--main_process_port", "{port}",
+        "-m", "launcher.train", run_dir,
+    ]  # fmt: skip
+    backend = recipe.distributed.backend
+    zero_stage = (2 if recipe.distributed.zero_stage is None else recipe.distributed.zero_stage) if backend == "deepspeed" else None
+
+    return Plan(
+        name=recipe.name,
+        target=target,
+        run_dir=run_dir,
+        device=device,
+        nodes=cluster.nodes,
+        procs_per_node=procs_per_node,
+        world_size=world,
+        gpus_per_node=cluster.gpus_per_node if device == "cuda" else 0,
+        per_device_batch_size=per_device,
+        eval_batch_size=train.eval_batch_size or 2 * per_device,
+        gradient_accumulation_steps=accumulation,
+        effective_batch_size=per_device * accumulation * world,
+        train_rows=train_rows,
+        eval_rows=eval_rows,
+        micro_batches_per_epoch=micro_batches,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total,
+        warmup_steps=warmup,
+        precision=train.precision,
+        padding=data.padding,
+        max_length=data.max_length,
+        pad_to_multiple_of=data.pad_to_multiple_of,
+        backend=backend,
+        zero_stage=zero_stage,
+        rendezvous=rendezvous,
+        python=host.python,
+        node_command=node_command,
+        launch_command=launch_command,
+        notes=notes,
+    )
+
+
+def _device(recipe: Recipe, target: Target, host: HostFacts) -> Literal["cpu", "cuda"]:
+    if recipe.cluster.gpus_per_node == 0:
+        return "cpu"
+    if target == "local":
+        return "cuda" if host.gpus > 0 else "cpu"
+    return "cuda"
+
+
+def _rendezvous(recipe: Recipe, target: Target, local_port: int | None) -> Rendezvous:
+    dist = recipe.distributed
+    if target == "local":
+        return Rendezvous(
+            head="127.0.0.1",
+            head_rule="this host (every node runs here)",
+            port=local_port,
+            port_rule="a free port pair picked at submit time",
+            join_timeout_s=dist.join_timeout_s,
+            timeout_s=dist.timeout_s,
+        )
+    return Rendezvous(
+        head="$HEAD",
+        head_rule='first host of the allocation: scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1',
+        port=None,
+        port_rule=f"{PORT_BASE} + 2 * (SLURM_JOB_ID % {PORT_SLOTS}); join check on port + 1",
+        join_timeout_s=dist.join_timeout_s,
+        timeout_s=dist.timeout_s,
+    )

@@ -1,0 +1,135 @@
+"""The recipe: one typed description of a fine-tuning job.
+
+Every section forbids unknown keys, so a typo (`lr_rate`) is an error, not a silently ignored
+setting. Rules that involve several fields live in `rules.py`, where each problem is reported
+with the exact field it concerns.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
+
+# transformers.SchedulerType values (kept here so validating a recipe never imports transformers)
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
+
+# Metrics computed offline by launcher.train.metrics (no metric script is fetched from the Hub).
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "matthews_correlation")
+REGRESSION_METRICS = ("pearson", "spearmanr", "mse")
+METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+
+DATA_FORMATS = ("json", "csv", "tsv", "parquet")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSpec(Section):
+    name_or_path: NonEmptyStr = Field(description="Hub id (bert-base-uncased) or a local model directory")
+    num_labels: int = Field(2, ge=1, description="classes; 1 means regression (e.g. STS-B)")
+    tokenizer: NonEmptyStr | None = Field(None, description="tokenizer id or dir; defaults to the model's")
+    revision: NonEmptyStr | None = Field(None, description="Hub revision (branch, tag or commit)")
+
+
+class DataSpec(Section):
+    dataset: NonEmptyStr | None = Field(None, description="Hub dataset id, e.g. glue or nyu-mll/glue")
+    config: NonEmptyStr | None = Field(None, description="Hub dataset config, e.g. mrpc")
+    files: dict[str, NonEmptyStr] | None = Field(None, description="local files per split: {train: path, validation: path}")
+    format: Literal["json", "csv", "tsv", "parquet"] | None = Field(None, description="file format; inferred from the extension")
+    train_split: NonEmptyStr = "train"
+    eval_split: NonEmptyStr | None = "validation"
+    text_fields: list[NonEmptyStr] = Field(
+        ..., min_length=1, max_length=2, description="one field (single sentences) or two (sentence pairs)"
+    )
+    label_field: NonEmptyStr = "label"
+    max_length: int = Field(128, ge=8, le=65536, description="truncate to this many tokens")
+    padding: Literal["dynamic", "max_length"] = Field(
+        "dynamic", description="dynamic: pad per batch; max_length: every batch exactly max_length (TPU shapes)"
+    )
+    pad_to_multiple_of: int | None = Field(None, ge=1, description="round dynamic padding up (8 suits tensor cores)")
+    group_by_length: bool = Field(
+        False, description="batch training rows of similar length together (less padding); reshuffled every epoch"
+    )
+    max_train_samples: int | None = Field(None, ge=1, description="use only the first N training rows")
+    max_eval_samples: int | None = Field(None, ge=1, description="use only the first N evaluation rows")
+    cache_dir: NonEmptyStr | None = Field(None, description="datasets cache dir (default: HF_DATASETS_CACHE)")
+
+
+class TrainSpec(Section):
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    per_device_batch_size: int = Field(8, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1, description="per device; defaults to 2x per_device_batch_size")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    scheduler: Literal[SCHEDULERS] = "linear"  # type: ignore[valid-type]
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null disables it")
+    seed: int = Field(42, ge=0)
+    precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int | None = Field(None, ge=1)
+    save_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    save_steps: int | None = Field(None, ge=1)
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the newest ones)")
+    logging_steps: int = Field(10, ge=1)
+
+
+class DistributedSpec(Section):
+    backend: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: int | None = Field(None, description="DeepSpeed ZeRO stage 0-3 (default 2)")
+    offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state in CPU memory (ZeRO 1-3)")
+    offload_params: bool = Field(False, description="DeepSpeed: parameters in CPU memory (ZeRO 3)")
+    timeout_s: int = Field(1800, ge=10, description="a collective that waits longer than this fails the job")
+    join_timeout_s: int = Field(300, ge=1, description="every node must reach the head node within this")
+
+
+class ContainerSpec(Section):
+    image: NonEmptyStr = Field(..., description="Pyxis/enroot image (e.g. nvcr.io#...) or an Apptainer .sif path")
+    runtime: Literal["pyxis", "apptainer"] = "pyxis"
+    mounts: list[NonEmptyStr] = Field(default_factory=list, description="SRC:DST bind mounts")
+
+
+class ClusterSpec(Section):
+    nodes: int = Field(1, ge=1, le=4096)
+    gpus_per_node: int = Field(1, ge=0, le=64)
+    procs_per_node: int | None = Field(None, ge=1, le=256, description="defaults to gpus_per_node (1 on CPU)")
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem: NonEmptyStr | None = Field(None, description="memory per node, Slurm syntax (e.g. 64G)")
+    partition: NonEmptyStr | None = None
+    account: NonEmptyStr | None = None
+    qos: NonEmptyStr | None = None
+    time: NonEmptyStr = Field("04:00:00", description="Slurm time limit ([D-]HH:MM:SS or minutes)")
+    constraint: NonEmptyStr | None = None
+    container: ContainerSpec | None = None
+    max_requeues: int = Field(3, ge=0, description="times a preempted job requeues itself")
+    preempt_signal_s: int = Field(120, ge=10, description="seconds before the time limit Slurm warns the job")
+    setup: list[NonEmptyStr] = Field(default_factory=list, description="shell lines run before launch (module load ...)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for every rank (no secrets)")
+    sbatch_args: list[NonEmptyStr] = Field(default_factory=list, description="extra sbatch options, e.g. --exclusive")
+
+
+class Recipe(Section):
+    name: NonEmptyStr = Field(..., max_length=128)
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    metrics: list[Literal[METRICS]] = Field(default_factory=lambda: ["accuracy"], min_length=1)  # type: ignore[valid-type]
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    output_dir: NonEmptyStr = Field("runs", description="run directories are created below this")

@@ -1,0 +1,75 @@
+"""The one path every submission takes: recipe -> plan -> rendered files -> new run dir.
+
+`ftlaunch submit --dry-run` is this path stopped before dispatch, so what it prints is what runs.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.plan import HostFacts, Plan, make_plan
+from launcher.plan.datasize import split_rows
+from launcher.recipe import Override, Recipe, dump_recipe, load_recipe
+from launcher.render import render_files
+from launcher.submit.envrecord import render_env_record
+from launcher.submit.rundir import new_run_dir, write_run_dir
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    recipe: Recipe
+    plan: Plan
+    files: dict[str, str]
+    run_dir: Path
+
+
+def prepare_run(
+    recipe_path: str,
+    overrides: list[Override],
+    target: str,
+    host: HostFacts,
+    argv: list[str],
+) -> PreparedRun:
+    """Validate, plan and render in memory; raises UserError before anything touches the disk."""
+    recipe = load_recipe(recipe_path, overrides).recipe
+    run_dir = new_run_dir(recipe.output_dir, recipe.name)
+    port = free_port_pair() if target == "local" else None
+    plan = make_plan(recipe, target, str(run_dir), host, split_rows(recipe), local_port=port)
+    files = {"recipe.yaml": _recipe_header(recipe_path, overrides) + dump_recipe(recipe), **render_files(plan)}
+    files["env.json"] = render_env_record(argv)
+    return PreparedRun(recipe, plan, files, run_dir)
+
+
+def write_prepared(prepared: PreparedRun) -> None:
+    write_run_dir(prepared.run_dir, prepared.files)
+
+
+def _recipe_header(recipe_path: str, overrides: list[Override]) -> str:
+    lines = [f"# Resolved by ftlaunch from {recipe_path}"]
+    for override in overrides:
+        flag = f"--set {override.text}" if override.origin == "--set" else override.text
+        lines.append("#   " + flag.encode("unicode_escape").decode("ascii"))  # stays one comment line
+    return "\n".join(lines) + "\n"
+
+
+def free_port_pair() -> int:
+    """An even port P with P and P+1 free right now (rendezvous + join check), for local runs."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1] & ~1
+        if port >= 1024 and _free(port) and _free(port + 1):
+            return port
+    raise OSError("no free local port pair found")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

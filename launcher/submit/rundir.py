@@ -1,0 +1,55 @@
+"""Run directories: one new directory per submission, never reused, written all at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from launcher.errors import UserError
+
+
+def slug(name: str) -> str:
+    """A name safe for a directory (the recipe name may be anything, `x; rm -rf ~` included)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return cleaned[:64] or "run"
+
+
+def new_run_dir(output_dir: str | Path, name: str) -> Path:
+    """A path that does not exist yet: <output_dir>/<name>-<YYYYmmdd-HHMMSS>-<random>."""
+    root = Path(output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for _ in range(100):
+        candidate = root / f"{slug(name)}-{stamp}-{secrets.token_hex(3)}"
+        if not candidate.exists():
+            return candidate
+    raise UserError(f"output_dir {root}: could not find an unused run directory name")
+
+
+def write_run_dir(run_dir: Path, files: dict[str, str | bytes]) -> None:
+    """Write `files` into a hidden temporary dir, then rename it into place: a run dir either
+    exists complete or not at all, and an existing one is never written into."""
+    parent = run_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"output_dir {parent}: cannot create it ({exc.strerror})") from None
+    if run_dir.exists():
+        raise UserError(f"run directory {run_dir} already exists; run directories are never reused")
+    staging = parent / f".{run_dir.name}.partial-{os.getpid()}"
+    try:
+        staging.mkdir()
+        for relative, content in files.items():
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content, encoding="utf-8")
+        os.rename(staging, run_dir)  # fails if run_dir appeared meanwhile (non-empty)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"output_dir {parent}: cannot write the run directory ({exc.strerror})") from None
