@@ -9,7 +9,7 @@ import sys
 from launcher import __version__
 from launcher.errors import JobFailed, UserError
 
-VERBS = ("validate", "submit")
+VERBS = ("validate", "submit", "status", "logs", "cancel", "ls", "prefetch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = ["ftlaunch", *argv]  # recorded in env.json
     try:
         return args.run(args) or 0
     except UserError as exc:

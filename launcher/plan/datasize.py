@@ -37,7 +37,7 @@ def count_rows(path: Path, fmt: str) -> int | None:
             import pyarrow.parquet as pq  # only for parquet: pyarrow is slow to import
 
             return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, ValueError):
+    except (OSError, ValueError, csv.Error):  # unreadable or malformed: the count is left to run time
         return None
     return None
 

@@ -123,6 +123,11 @@ def make_plan(
         )
     if device == "cuda":
         procs_per_node = cluster.procs_per_node or cluster.gpus_per_node
+        if procs_per_node > cluster.gpus_per_node:
+            raise UserError(
+                f"cluster.procs_per_node: {procs_per_node} processes per node but {cluster.gpus_per_node} GPU(s) "
+                "per node: one process per GPU"
+            )
     else:
         procs_per_node = cluster.procs_per_node or 1
     if target == "local" and device == "cuda" and cluster.nodes * procs_per_node > host.gpus:
@@ -159,10 +164,12 @@ def make_plan(
         notes.append(f"save_steps {train.save_steps} > total steps {total}: only the final model is saved")
 
     rendezvous = _rendezvous(recipe, target, local_port)
-    node_command = [host.python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
+    # Inside a container the image's interpreter runs, not the submitting host's venv.
+    python = "python3" if recipe.cluster.container and target == "slurm" else host.python
+    node_command = [python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
                     "--head", "{head}", "--port", "{port}"]  # fmt: skip
     launch_command = [
-        host.python, "-m", "accelerate.commands.launch",
+        python, "-m", "accelerate.commands.launch",
         "--config_file", f"{run_dir}/accelerate.yaml",
         "--machine_rank", "{machine_rank}",
         "--main_process_ip", "{head}",
@@ -199,7 +206,7 @@ def make_plan(
         backend=backend,
         zero_stage=zero_stage,
         rendezvous=rendezvous,
-        python=host.python,
+        python=python,
         node_command=node_command,
         launch_command=launch_command,
         notes=notes,

@@ -113,8 +113,8 @@ def _format_pydantic_error(err: dict[str, Any], source: YamlSource, overridden: 
     kind = err["type"]
     if kind == "extra_forbidden":
         known = _field_names(loc[:-1])
-        guess = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f"did you mean {guess[0]!r}?" if guess else f"known keys: {', '.join(known)}"
+        guess = _suggest(loc[-1], known)
+        hint = f"did you mean {guess!r}?" if guess else f"known keys: {', '.join(known)}"
         message = f"unknown key ({hint})"
     elif kind == "missing":
         message = "required field is missing"
@@ -124,6 +124,40 @@ def _format_pydantic_error(err: dict[str, Any], source: YamlSource, overridden: 
         if not isinstance(value, (dict, list)) and value is not None:
             message += f" (got {value!r})"
     return _format(source, overridden, field, message)
+
+
+# Hugging Face TrainingArguments / run_glue.py names people carry over, and what they are called here.
+_ALIASES = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "lr_scheduler_type": "scheduler",
+    "fp16": "precision",
+    "bf16": "precision",
+    "model_name_or_path": "name_or_path",
+    "max_seq_length": "max_length",
+    "evaluation_strategy": "eval_strategy",
+}
+
+
+def _suggest(name: str, known: list[str]) -> str | None:
+    """The known key `name` was probably meant as, or None."""
+    lowered = name.lower()
+    alias = _ALIASES.get(lowered)
+    if alias in known:
+        return alias
+    # a known key that is one word of the typo (lr_rate -> lr), before fuzzy matching, which would
+    # rank a long unrelated key higher (lr_rate -> eval_strategy)
+    words = lowered.split("_")
+    for candidate in known:
+        if candidate == lowered or candidate in words:
+            return candidate
+    prefixed = [candidate for candidate in known if candidate.startswith(lowered + "_")]  # gpus -> gpus_per_node
+    if len(prefixed) == 1:
+        return prefixed[0]
+    guess = difflib.get_close_matches(lowered, known, n=1)
+    return guess[0] if guess else None
 
 
 def _field_names(loc: list[str]) -> list[str]:

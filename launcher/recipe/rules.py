@@ -120,10 +120,6 @@ def _cluster(recipe: Recipe) -> Iterator[Problem]:
     cluster = recipe.cluster
     if not _SLURM_TIME.match(cluster.time):
         yield "cluster.time", f"{cluster.time!r} is not a Slurm time (use HH:MM:SS, D-HH:MM:SS or minutes)"
-    if cluster.gpus_per_node and cluster.procs_per_node and cluster.procs_per_node > cluster.gpus_per_node:
-        yield "cluster.procs_per_node", (
-            f"{cluster.procs_per_node} processes per node but {cluster.gpus_per_node} GPUs: one process per GPU"
-        )
     for name in cluster.env:
         if not _ENV_NAME.match(name):
             yield f"cluster.env.{name}", "not a valid environment variable name"

@@ -106,6 +106,10 @@ class ContainerSpec(Section):
 
 
 class ClusterSpec(Section):
+    # `time: 90` (minutes), `mem: 64000` and `env: {OMP_NUM_THREADS: 4}` are numbers in YAML; Slurm and
+    # the environment want text, so numbers are taken as their text (booleans are still refused).
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
     nodes: int = Field(1, ge=1, le=4096)
     gpus_per_node: int = Field(1, ge=0, le=64)
     procs_per_node: int | None = Field(None, ge=1, le=256, description="defaults to gpus_per_node (1 on CPU)")

@@ -12,13 +12,15 @@ import yaml
 
 class RecipeLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 scalars: only true/false are booleans, `3e-5` is a float, and
-    `1:30:00` stays a string (YAML 1.1 reads `no` as False and `1:30:00` as the integer 5400)."""
+    `1:30:00` stays a string (YAML 1.1 reads `no` as False and `1:30:00` as the integer 5400).
+    YAML 1.2 has no implicit timestamps either: `2024-05-01` stays a string, not a date."""
 
 
 def _yaml12_resolvers() -> None:
     resolvers = {
         first: [(tag, regexp) for tag, regexp in entries if tag not in (
-            "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+            "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+            "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")]
         for first, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
     RecipeLoader.yaml_implicit_resolvers = resolvers

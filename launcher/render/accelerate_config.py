@@ -26,7 +26,10 @@ def accelerate_config(plan: Plan) -> dict:
         "main_process_port": plan.rendezvous.port,
         "rdzv_backend": "static",
         "same_network": True,
-        "mixed_precision": plan.precision,
+        # With a deepspeed_config_file, precision belongs in that file: `accelerate launch` refuses a config
+        # that also sets mixed_precision ("... will be ignored", ValueError in DeepSpeedPlugin), and
+        # `accelerate config` itself writes null here.
+        "mixed_precision": None if plan.backend == "deepspeed" else plan.precision,
         "gpu_ids": "all",
         "use_cpu": False,
         "downcast_bf16": "no",

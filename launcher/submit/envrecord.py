@@ -47,12 +47,19 @@ def git_state(cwd: str) -> dict[str, str | bool] | None:
         return None
 
 
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no USER/LOGNAME and a uid without a passwd entry (containers)
+        return None
+
+
 def env_record(argv: list[str]) -> dict:
     cwd = os.getcwd()
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
-        "user": getpass.getuser(),
+        "user": _user(),
         "cwd": cwd,
         "argv": argv,
         "python": sys.version.split()[0],

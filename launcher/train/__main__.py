@@ -1,0 +1,134 @@
+"""`python -m launcher.train RUN_DIR`: the code every rank runs, started by `accelerate launch`.
+
+setup -> data -> model -> fit -> evaluate -> save, all driven by the run dir's recipe.yaml and plan.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the fork after tokenization would warn
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m launcher.train RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[0]).resolve()
+
+    from launcher.plan import Plan
+    from launcher.recipe import load_resolved
+    from launcher.train.identity import RankIdentity
+    from launcher.train.status import rank_status, stop_on_sigterm
+
+    plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
+    recipe = load_resolved(run_dir / "recipe.yaml")
+    who = RankIdentity.from_env(plan.procs_per_node)
+    stop_on_sigterm()
+    try:
+        with rank_status(run_dir, who):
+            train(run_dir, recipe, plan, who)
+    except BaseException as exc:  # noqa: BLE001
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+        if not isinstance(exc, SystemExit):
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Exit now: tearing down a process group whose peer is gone can hang in destructors,
+        # and the launcher must see this rank end. The status file already says why.
+        os._exit(code)
+    return 0
+
+
+def train(run_dir: Path, recipe, plan, who) -> None:
+    import torch
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    from launcher.train.data import build_loaders
+    from launcher.train.loop import fit, steps_for
+    from launcher.train.model import load_model, load_tokenizer
+    from launcher.train.progress import make_progress
+    from launcher.train.records import RankRecords
+    from launcher.train.save import save_model
+    from launcher.train.setup import make_accelerator
+
+    started = time.time()
+    # --- setup
+    accelerator = make_accelerator(recipe, plan, run_dir)
+    set_seed(recipe.train.seed)
+    records = RankRecords(run_dir, who)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("tensorboard")
+
+    # --- data + model
+    tokenizer = load_tokenizer(recipe)
+    loaders = build_loaders(recipe, tokenizer, accelerator, plan.world_size, plan.eval_batch_size)
+    model = load_model(recipe)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.train.lr,
+        eps=recipe.train.adam_epsilon,
+    )
+    model, optimizer, loaders.train = accelerator.prepare(model, optimizer, loaders.train)
+    if loaders.eval is not None:
+        loaders.eval = accelerator.prepare(loaders.eval)
+
+    # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it
+    # once per process), so its length is exactly the planned number of optimizer steps.
+    per_epoch, epochs, total = steps_for(len(loaders.train), plan.gradient_accumulation_steps, recipe)
+    if plan.total_steps is not None and plan.total_steps != total:
+        raise RuntimeError(f"planned {plan.total_steps} optimizer steps but the data gives {total}")
+    warmup = recipe.train.warmup_steps or math.ceil(recipe.train.warmup_ratio * total)
+    scheduler = get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    records.write(
+        "setup", world_size=accelerator.num_processes, device=str(accelerator.device),
+        distributed_type=str(accelerator.distributed_type), mixed_precision=accelerator.mixed_precision,
+        train_rows=loaders.train_rows, eval_rows=loaders.eval_rows, micro_batches_per_epoch=len(loaders.train),
+        steps_per_epoch=per_epoch, epochs=epochs, total_steps=total, warmup_steps=warmup,
+    )  # fmt: skip
+
+    # --- fit (+ evaluate on the planned cadence)
+    progress = make_progress(accelerator.is_main_process, total)
+    try:
+        result = fit(accelerator, model, optimizer, scheduler, loaders, recipe, plan, records, progress)
+    finally:
+        progress.close()
+
+    # --- save
+    final = result.evals[-1] if result.evals else None
+    info = {"name": recipe.name, "steps": result.steps, "metrics": final["metrics"] if final else {}}
+    save_model(accelerator, model, tokenizer, run_dir / "model", info)
+    records.write("summary", steps=result.steps, epochs=result.epochs_run, samples=result.samples,
+                  train_seconds=result.seconds, final=final["metrics"] if final else None)  # fmt: skip
+    if accelerator.is_main_process:
+        summary = {
+            "name": recipe.name,
+            "steps": result.steps,
+            "epochs": result.epochs_run,
+            "world_size": accelerator.num_processes,
+            "train_seconds": result.seconds,
+            "wall_seconds": round(time.time() - started, 3),
+            "final_eval": final,
+            "model_dir": str(run_dir / "model"),
+        }
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if final:
+            print(f"[train] final {json.dumps({k: round(v, 4) for k, v in final['metrics'].items()})}", flush=True)
+        print(f"[train] model saved to {run_dir / 'model'}", flush=True)
+    accelerator.end_training()
+    records.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

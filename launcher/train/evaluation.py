@@ -1,0 +1,41 @@
+"""Evaluation over the whole eval split, exactly once per row at any world size (gather_for_metrics)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from launcher.recipe.schema import Recipe
+from launcher.train.metrics import compute_metrics
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, recipe: Recipe) -> dict:
+    """Metrics named `<split>_<metric>` plus `<split>_loss`, and the number of rows scored."""
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    logits_parts, label_parts = [], []
+    for batch in loader:
+        logits = model(**batch).logits
+        # gather_for_metrics drops the rows accelerate duplicated to even out the last batch
+        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        logits_parts.append(logits.cpu())
+        label_parts.append(labels.cpu())
+    if was_training:
+        model.train()
+    logits = torch.cat(logits_parts)
+    labels = torch.cat(label_parts)
+    regression = recipe.model.num_labels == 1
+    if regression:
+        predictions = logits.squeeze(-1)
+        loss = torch.nn.functional.mse_loss(predictions, labels.float())
+    else:
+        predictions = logits.argmax(-1)
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+    split = recipe.data.eval_split
+    scores = compute_metrics(recipe.metrics, predictions.numpy(), labels.numpy(), recipe.model.num_labels)
+    metrics = {f"{split}_{name}": value for name, value in scores.items()}
+    metrics[f"{split}_loss"] = float(loss)
+    return {"metrics": metrics, "rows": int(labels.shape[0]), "seconds": round(time.perf_counter() - started, 3)}

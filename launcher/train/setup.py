@@ -1,0 +1,59 @@
+"""The Accelerator, configured from the plan, and checks that the launch really is what was planned."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from launcher.plan import Plan
+from launcher.recipe.schema import Recipe
+
+
+class SetupError(RuntimeError):
+    """The processes that started are not the job that was planned."""
+
+
+def quiet_library_progress(is_main: bool) -> None:
+    """datasets/transformers progress bars only where a person watches: main process, on a terminal."""
+    import sys
+
+    if is_main and sys.stdout.isatty():
+        return
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+
+    on_cpu = plan.device == "cpu"
+    if plan.precision == "fp16" and not torch.cuda.is_available():
+        # accelerate would silently train in fp32 here
+        raise SetupError("train.precision fp16 needs a CUDA GPU; this node has none (use bf16 or no)")
+    process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=plan.rendezvous.timeout_s))
+    if on_cpu and plan.backend == "deepspeed" and plan.world_size > 1:
+        process_group.backend = "gloo"  # accelerate would ask DeepSpeed for NCCL/ccl
+    accelerator = Accelerator(
+        # DeepSpeed on CPU needs the DeepSpeed plugin with gloo, not cpu=True (which drops DeepSpeed).
+        cpu=on_cpu and plan.backend != "deepspeed",
+        mixed_precision=plan.precision,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        kwargs_handlers=[process_group],
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+    )
+    quiet_library_progress(accelerator.is_main_process)
+    if accelerator.num_processes != plan.world_size:
+        # The classic silent failure: N processes that each train alone, or one process instead of N.
+        raise SetupError(
+            f"planned world size {plan.world_size} but this process sees {accelerator.num_processes} "
+            f"(distributed type {accelerator.distributed_type}); refusing to train unsynchronised ranks"
+        )
+    return accelerator
