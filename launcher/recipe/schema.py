@@ -48,12 +48,12 @@ class DataSpec(Section):
     config: NonEmptyStr | None = Field(None, description="Hub dataset config, e.g. mrpc")
     files: dict[str, NonEmptyStr] | None = Field(None, description="local files per split: {train: path, validation: path}")
     format: Literal["json", "csv", "tsv", "parquet"] | None = Field(None, description="file format; inferred from the extension")
-    train_split: NonEmptyStr = "train"
-    eval_split: NonEmptyStr | None = "validation"
+    train_split: NonEmptyStr = Field("train", description="split to train on")
+    eval_split: NonEmptyStr | None = Field("validation", description="split to evaluate on; null for none")
     text_fields: list[NonEmptyStr] = Field(
         ..., min_length=1, max_length=2, description="one field (single sentences) or two (sentence pairs)"
     )
-    label_field: NonEmptyStr = "label"
+    label_field: NonEmptyStr = Field("label", description="field holding the label (renamed to labels)")
     max_length: int = Field(128, ge=8, le=65536, description="truncate to this many tokens")
     padding: Literal["dynamic", "max_length"] = Field(
         "dynamic", description="dynamic: pad per batch; max_length: every batch exactly max_length (TPU shapes)"
@@ -68,30 +68,30 @@ class DataSpec(Section):
 
 
 class TrainSpec(Section):
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, description="passes over the training split")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
-    per_device_batch_size: int = Field(8, ge=1)
+    per_device_batch_size: int = Field(8, ge=1, description="micro-batch per process")
     eval_batch_size: int | None = Field(None, ge=1, description="per device; defaults to 2x per_device_batch_size")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr: float = Field(5e-5, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    scheduler: Literal[SCHEDULERS] = "linear"  # type: ignore[valid-type]
-    warmup_steps: int = Field(0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(5e-5, gt=0, le=1, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and LayerNorm)")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    scheduler: Literal[SCHEDULERS] = Field("linear", description="transformers.get_scheduler name")  # type: ignore[valid-type]
+    warmup_steps: int = Field(0, ge=0, description="linear warmup, in optimizer steps")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a fraction of all steps")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null disables it")
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, description="seeds model init, shuffling and dropout on every rank")
     precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
-    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
-    eval_steps: int | None = Field(None, ge=1)
-    save_strategy: Literal["epoch", "steps", "no"] = "epoch"
-    save_steps: int | None = Field(None, ge=1)
+    eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to evaluate (always also at the end)")
+    eval_steps: int | None = Field(None, ge=1, description="with eval_strategy: steps")
+    save_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to write a checkpoint")
+    save_steps: int | None = Field(None, ge=1, description="with save_strategy: steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the newest ones)")
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="optimizer steps between metric records")
 
 
 class DistributedSpec(Section):
-    backend: Literal["ddp", "deepspeed"] = "ddp"
+    backend: Literal["ddp", "deepspeed"] = Field("ddp", description="DistributedDataParallel or DeepSpeed ZeRO")
     zero_stage: int | None = Field(None, description="DeepSpeed ZeRO stage 0-3 (default 2)")
     offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state in CPU memory (ZeRO 1-3)")
     offload_params: bool = Field(False, description="DeepSpeed: parameters in CPU memory (ZeRO 3)")
@@ -101,7 +101,7 @@ class DistributedSpec(Section):
 
 class ContainerSpec(Section):
     image: NonEmptyStr = Field(..., description="Pyxis/enroot image (e.g. nvcr.io#...) or an Apptainer .sif path")
-    runtime: Literal["pyxis", "apptainer"] = "pyxis"
+    runtime: Literal["pyxis", "apptainer"] = Field("pyxis", description="srun --container-image, or apptainer exec")
     mounts: list[NonEmptyStr] = Field(default_factory=list, description="SRC:DST bind mounts")
 
 
@@ -110,17 +110,17 @@ class ClusterSpec(Section):
     # the environment want text, so numbers are taken as their text (booleans are still refused).
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
-    nodes: int = Field(1, ge=1, le=4096)
-    gpus_per_node: int = Field(1, ge=0, le=64)
+    nodes: int = Field(1, ge=1, le=4096, description="nodes (local runs: launchers on this host)")
+    gpus_per_node: int = Field(1, ge=0, le=64, description="0 trains on CPU (gloo)")
     procs_per_node: int | None = Field(None, ge=1, le=256, description="defaults to gpus_per_node (1 on CPU)")
-    cpus_per_task: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1, description="Slurm --cpus-per-task for the one task per node")
     mem: NonEmptyStr | None = Field(None, description="memory per node, Slurm syntax (e.g. 64G)")
-    partition: NonEmptyStr | None = None
-    account: NonEmptyStr | None = None
-    qos: NonEmptyStr | None = None
+    partition: NonEmptyStr | None = Field(None, description="Slurm partition")
+    account: NonEmptyStr | None = Field(None, description="Slurm account")
+    qos: NonEmptyStr | None = Field(None, description="Slurm QOS")
     time: NonEmptyStr = Field("04:00:00", description="Slurm time limit ([D-]HH:MM:SS or minutes)")
-    constraint: NonEmptyStr | None = None
-    container: ContainerSpec | None = None
+    constraint: NonEmptyStr | None = Field(None, description="Slurm node features, e.g. a100")
+    container: ContainerSpec | None = Field(None, description="run every node inside this image")
     max_requeues: int = Field(3, ge=0, description="times a preempted job requeues itself")
     preempt_signal_s: int = Field(120, ge=10, description="seconds before the time limit Slurm warns the job")
     setup: list[NonEmptyStr] = Field(default_factory=list, description="shell lines run before launch (module load ...)")
@@ -129,11 +129,13 @@ class ClusterSpec(Section):
 
 
 class Recipe(Section):
-    name: NonEmptyStr = Field(..., max_length=128)
-    model: ModelSpec
-    data: DataSpec
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    metrics: list[Literal[METRICS]] = Field(default_factory=lambda: ["accuracy"], min_length=1)  # type: ignore[valid-type]
-    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
-    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    name: NonEmptyStr = Field(..., max_length=128, description="job name; run dirs are named after it")
+    model: ModelSpec = Field(..., description="what to fine-tune")
+    data: DataSpec = Field(..., description="what to train and evaluate on")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation")
+    metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["accuracy"], min_length=1, description="computed offline on the eval split"
+    )
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="how ranks cooperate")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="where it runs")
     output_dir: NonEmptyStr = Field("runs", description="run directories are created below this")
