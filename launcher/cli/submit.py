@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+from pathlib import Path
 
 from launcher.cli.options import add_override_arguments, overrides_from
 from launcher.errors import UserError
@@ -20,7 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--procs-per-node", type=int, help="processes per node (cluster.procs_per_node; default: one per GPU)"
     )
     parser.add_argument("--local", action="store_true", help="run on this host: N nodes = N local launchers")
-    parser.add_argument("--dry-run", action="store_true", help="write the run dir and print plan + files; launch nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="write the run dir and print plan + files; launch nothing"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="run one Slurm job array over these values, e.g. --sweep train.lr=2e-5,3e-5 (repeatable: a grid)",
+    )
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="Slurm: submit even if the model/dataset is not in the local Hugging Face cache (compute nodes offline)",
+    )
     add_override_arguments(parser)
 
 
@@ -39,13 +56,33 @@ def run(args: argparse.Namespace) -> int:
             "cluster.procs_per_node": ("--procs-per-node", args.procs_per_node),
         },
     )
-    target = "local" if args.local else "slurm"
-    prepared = prepare_run(args.recipe, overrides, target, host_facts(), ["ftlaunch", *sys.argv[1:]])
-    write_prepared(prepared)
     console = Console(highlight=False)
+    if args.sweep:
+        if args.local:
+            raise UserError("--sweep submits one Slurm job array; it cannot run with --local (use --dry-run to see it)")
+        return _submit_sweep(args, overrides, console)
+    target = "local" if args.local else "slurm"
+    if target == "slurm" and not args.dry_run:
+        from launcher.submit.slurm import require_command
+
+        require_command("sbatch")  # before anything is written
+    prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv)
+    if target == "slurm":
+        from launcher.render.sbatch import SCRIPT_NAME, render_sbatch
+        from launcher.submit.prefetch import hf_cache_env
+
+        prepared.files[SCRIPT_NAME] = render_sbatch(prepared.plan, prepared.recipe, hf_cache_env())
+        if not args.dry_run and not args.no_check:
+            _check_offline([prepared.recipe], args.recipe)
+    write_prepared(prepared)
+    if target == "slurm":
+        for sub in ("logs", "status"):  # sbatch/srun open their log files there: the dir must exist
+            (prepared.run_dir / sub).mkdir(exist_ok=True)
     if args.dry_run:
         print_plan(prepared.plan, console)
         print_files({k: v for k, v in prepared.files.items() if k != "env.json"}, console)
+        if target == "slurm":
+            _print_sbatch_command(prepared.run_dir / "sbatch.sh", console)
         console.print(f"dry run: nothing launched; run dir written to {prepared.run_dir}")
         return 0
     if target == "local":
@@ -53,4 +90,120 @@ def run(args: argparse.Namespace) -> int:
 
         print_plan(prepared.plan, console)
         return run_local(prepared.plan, console)
-    raise UserError("Slurm submission is not available in this build; use --local or --dry-run")
+    return _submit_one(prepared, console)
+
+
+def _check_offline(recipes: list, recipe_path: str) -> None:
+    from launcher.submit.prefetch import check_offline
+
+    problems: list[str] = []
+    seen = set()
+    for recipe in recipes:
+        key = (
+            recipe.model.name_or_path,
+            recipe.model.tokenizer,
+            recipe.model.revision,
+            recipe.data.dataset,
+            recipe.data.config,
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        problems += [p for p in check_offline(recipe, recipe_path) if p not in problems]
+    if problems:
+        raise UserError(*problems)
+
+
+def _print_sbatch_command(script: Path, console) -> None:
+    from launcher.submit.slurm import sbatch_command
+
+    console.print("[bold]sbatch command[/bold] (what submit runs):")
+    console.print("  " + shlex.join(sbatch_command(script)), markup=False, highlight=False, soft_wrap=True)
+
+
+def _display(path: Path) -> str:
+    """The run dir as the user would type it: relative to here when it is below here."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _follow_hint(run: Path, console) -> None:
+    shown = shlex.quote(_display(run))
+    console.print(f"  follow it:  ftlaunch status {shown}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"  logs:       ftlaunch logs {shown} -f", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"  cancel:     ftlaunch cancel {shown}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _submit_one(prepared, console) -> int:
+    from launcher.cli.display import print_plan
+    from launcher.submit.slurm import job_record, submit_script, write_job_record
+
+    script = prepared.run_dir / "sbatch.sh"
+    submitted = submit_script(script)
+    write_job_record(prepared.run_dir, job_record(submitted, script))
+    print_plan(prepared.plan, console)
+    console.print(
+        f"submitted Slurm job {submitted.job_id} ({prepared.plan.nodes} node(s)): {_display(prepared.run_dir)}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    _follow_hint(prepared.run_dir, console)
+    return 0
+
+
+def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
+    from launcher.cli.display import print_files, print_plan
+    from launcher.submit.hostfacts import host_facts
+    from launcher.submit.prefetch import hf_cache_env
+    from launcher.submit.slurm import job_record, require_command, submit_script, write_job_record
+    from launcher.submit.sweep import parse_sweep, prepare_sweep, write_sweep
+
+    axes = [parse_sweep(text) for text in args.sweep]
+    if not args.dry_run:
+        require_command("sbatch")
+    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv, hf_cache_env())
+    if not args.dry_run and not args.no_check:
+        _check_offline([run.recipe for run in sweep.runs], args.recipe)
+    write_sweep(sweep)
+    if args.dry_run:
+        print_plan(sweep.runs[0].plan, console)
+        for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
+            console.print(
+                f"task {index}: {_point_text(point)} -> {run.run_dir}", markup=False, highlight=False, soft_wrap=True
+            )
+        print_files(sweep.files, console)
+        _print_sbatch_command(sweep.script, console)
+        console.print(f"dry run: nothing launched; {len(sweep.runs)} run dirs written to {sweep.sweep_dir}")
+        return 0
+    submitted = submit_script(sweep.script)
+    runs = []
+    for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
+        record = job_record(
+            submitted,
+            sweep.script,
+            array_job_id=submitted.job_id,
+            array_index=index,
+            sweep_dir=str(sweep.sweep_dir),
+            point=point,
+        )
+        record["job_id"] = f"{submitted.job_id}_{index}"
+        write_job_record(run.run_dir, record)
+        runs.append(str(run.run_dir))
+    write_job_record(sweep.sweep_dir, job_record(submitted, sweep.script, array=True, runs=runs))
+    console.print(
+        f"submitted Slurm job array {submitted.job_id} ({len(sweep.runs)} tasks): {_display(sweep.sweep_dir)}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
+        console.print(
+            f"  {submitted.job_id}_{index}  {_point_text(point)}  {_display(run.run_dir)}",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    _follow_hint(sweep.sweep_dir, console)
+    return 0
+
+
+def _point_text(point: dict) -> str:
+    return " ".join(f"{key}={value}" for key, value in point.items())

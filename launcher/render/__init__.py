@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from launcher.plan import Plan
+from launcher.recipe.schema import Recipe
 from launcher.render.accelerate_config import render_accelerate_config
 from launcher.render.commands import render_plan_json
 
 
-def render_files(plan: Plan) -> dict[str, str]:
-    """File name (relative to the run dir) -> content."""
+def render_files(
+    plan: Plan, recipe: Recipe | None = None, cache_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """File name (relative to the run dir) -> content.
+
+    Slurm target: with the recipe (its cluster section: partition, time, container, ...) also the
+    batch script, sbatch.sh; `cache_env` is the Hugging Face cache paths the job exports
+    (launcher.submit.prefetch.hf_cache_env(): as resolved on the submitting host)."""
     files = {
         "plan.json": render_plan_json(plan),
         "accelerate.yaml": render_accelerate_config(plan),
     }
+    if plan.target == "slurm" and recipe is not None:
+        from launcher.render.sbatch import SCRIPT_NAME, render_sbatch
+
+        files[SCRIPT_NAME] = render_sbatch(plan, recipe, cache_env)
     return files

@@ -1,0 +1,55 @@
+"""Show where a run stands: its Slurm job state (squeue, then sacct; the job completion log where
+accounting is off) and what its node status files say. RUN: a run dir, a run name under
+--output-dir, or a sweep dir (one line per task); default: the newest run."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+
+HELP = "state of a run's Slurm job (or of every task of a sweep)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_name", nargs="?", metavar="RUN", help="run dir or run name (default: the newest run)")
+    parser.add_argument("--output-dir", default="runs", help="where run names are looked up (default: runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from launcher.submit.slurm import is_sweep_dir, resolve_run, sweep_runs
+
+    target = resolve_run(args.run_name, args.output_dir)
+    runs = sweep_runs(target) if is_sweep_dir(target) else [target]
+    if is_sweep_dir(target):
+        print(f"sweep  {target}  ({len(runs)} runs)")
+    for line in status_lines(runs):
+        print(line)
+    return 0
+
+
+def status_lines(runs: list[Path]) -> list[str]:
+    from launcher.submit.slurm import describe_node_status, local_state, node_status, run_info, run_states
+
+    infos = [run_info(r) for r in runs]
+    report = run_states(infos)
+    lines = []
+    for info in infos:
+        point = " ".join(f"{k}={v}" for k, v in (info.point or {}).items())
+        nodes = f"{info.nodes} node(s)" if info.nodes else "? nodes"
+        lines.append(f"run    {info.run_dir}  ({info.name}, {info.target}, {nodes}{', ' + point if point else ''})")
+        if info.job_id:
+            state = report.states[info.job_id]
+            source = f"  [{state.source}]" if state.source else ""
+            lines.append(f"job    {info.job_id}: {state.describe()}{source}")
+            if state.state is None:
+                lines.append(f"files  {local_state(info.run_dir, info.nodes)}")
+        elif info.target == "slurm":
+            lines.append("job    not submitted (dry run)")
+        else:
+            lines.append(f"state  {local_state(info.run_dir, info.nodes)}")
+        for rank, data in sorted(node_status(info.run_dir).items()):
+            lines.append(f"node {rank} {describe_node_status(data)}")
+        lines.append(f"logs   ftlaunch logs {shlex.quote(str(info.run_dir))}")
+    lines += [f"note   {note}" for note in report.notes]
+    return lines
