@@ -16,7 +16,10 @@ HELP = "plan, render and launch a recipe (Slurm, or --local), or --dry-run"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("recipe", nargs="?", help="recipe YAML file (not with --resume)")
+    parser.add_argument(
+        "--resume", metavar="RUN", help="continue a stopped run (its dir or name) from its newest valid checkpoint"
+    )
     parser.add_argument("--nodes", type=int, help="number of nodes (cluster.nodes)")
     parser.add_argument("--gpus-per-node", type=int, help="GPUs per node (cluster.gpus_per_node)")
     parser.add_argument(
@@ -38,7 +41,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Slurm: submit even if the model/dataset is not in the local Hugging Face cache (compute nodes offline)",
     )
+    parser.add_argument(
+        "--script",
+        metavar="TRAIN.PY",
+        help="run your own training script with accelerate launch instead of the built-in trainer "
+        "(entrypoint.script; its arguments go after --; without a recipe file: a minimal one)",
+    )
+    parser.set_defaults(takes_passthrough=True)  # `-- ARGS...`: the script's arguments (entrypoint.args)
     add_override_arguments(parser)
+
+
+def _script_overrides(args: argparse.Namespace, overrides: list) -> list:
+    """--script and the words after `--` as overrides of the recipe's entrypoint section; without a
+    recipe file the job is named after the script (a --set name=... still wins)."""
+    from launcher.recipe import Override
+
+    if args.script is None:
+        return overrides
+    stem = Path(args.script).stem or "script"
+    named = [] if args.recipe else [Override("name", stem, f"name={stem} (from --script)", origin="--script")]
+    script = [Override("entrypoint.script", args.script, f"--script {args.script}", origin="--script")]
+    passthrough = getattr(args, "passthrough", None)  # set by launcher.cli.main
+    if passthrough is not None:
+        text = "-- " + shlex.join(passthrough)
+        script.append(Override("entrypoint.args", list(passthrough), text, origin="--"))
+    return [*named, *overrides, *script]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
             "cluster.procs_per_node": ("--procs-per-node", args.procs_per_node),
         },
     )
-    console = Console(highlight=False)
+    overrides = _script_overrides(args, overrides)
+    console = Console(highlight=False, soft_wrap=True)  # long paths stay whole (copy-pastable, greppable)
+    if args.resume:
+        return _resume(args, overrides, console)
+    if not args.recipe and not args.script:
+        raise UserError("submit needs a recipe file, --script TRAIN.PY, or --resume RUN")
     if args.sweep:
         if args.local:
             raise UserError("--sweep submits one Slurm job array; it cannot run with --local (use --dry-run to see it)")
@@ -80,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             (prepared.run_dir / sub).mkdir(exist_ok=True)
     if args.dry_run:
         print_plan(prepared.plan, console)
-        print_files({k: v for k, v in prepared.files.items() if k != "env.json"}, console)
+        print_files({k: v for k, v in prepared.files.items() if k != "env.json" and isinstance(v, str)}, console)
         if target == "slurm":
             _print_sbatch_command(prepared.run_dir / "sbatch.sh", console)
         console.print(f"dry run: nothing launched; run dir written to {prepared.run_dir}")
@@ -93,12 +125,38 @@ def run(args: argparse.Namespace) -> int:
     return _submit_one(prepared, console)
 
 
+def _resume(args: argparse.Namespace, overrides, console) -> int:
+    from launcher.submit.resume import resumable_plan
+    from launcher.submit.slurm import resolve_run
+
+    if args.recipe or overrides or args.sweep or args.dry_run:
+        raise UserError("--resume RUN continues that run as planned: no recipe, --set, --nodes, --sweep or --dry-run")
+    run_dir = resolve_run(args.resume, allow_sweep=False)
+    plan, step, attempt = resumable_plan(run_dir, args.local)
+    console.print(f"resuming {run_dir} from step {step} (attempt {attempt})", markup=False, highlight=False)
+    if args.local:
+        from launcher.submit.local import run_local
+
+        return run_local(plan, console, attempt_base=attempt)
+    from launcher.submit.slurm import job_record, submit_script, write_job_record
+
+    os.environ["FTL_ATTEMPT_BASE"] = str(attempt)  # reaches the job through sbatch's --export=ALL
+    script = run_dir / "sbatch.sh"
+    submitted = submit_script(script)
+    write_job_record(run_dir, job_record(submitted, script, resumed_from_step=step, attempt=attempt))
+    console.print(f"submitted Slurm job {submitted.job_id}: {_display(run_dir)}", markup=False, highlight=False)
+    _follow_hint(run_dir, console)
+    return 0
+
+
 def _check_offline(recipes: list, recipe_path: str) -> None:
     from launcher.submit.prefetch import check_offline
 
     problems: list[str] = []
     seen = set()
     for recipe in recipes:
+        if recipe.entrypoint is not None:  # the user's own script: what it loads is its business
+            continue
         key = (
             recipe.model.name_or_path,
             recipe.model.tokenizer,

@@ -20,8 +20,12 @@ import time
 from pathlib import Path
 
 from launcher.plan import Plan
+from launcher.run.script import CAPTURE, OutputTail, explain_script_failure, script_env
+from launcher.train.preemption import read_requeue_marker
 
-GRACE_S = 30  # after SIGTERM, how long the ranks get before SIGKILL
+GRACE_S = 30  # after a hard stop, how long the ranks get before SIGKILL
+STOP_GRACE_S = 600  # after a graceful stop request: time to finish the step and write a checkpoint
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; the batch script requeues
 
 
 def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
@@ -45,6 +49,7 @@ def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
         gpus = visible.split(",") if visible else [str(i) for i in range(plan.nodes * plan.procs_per_node)]
         mine = gpus[machine_rank * plan.procs_per_node : (machine_rank + 1) * plan.procs_per_node]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    script_env(plan, env)  # the user's own script: PYTHONPATH, gradient accumulation
     return env
 
 
@@ -112,29 +117,84 @@ def run_node(plan: Plan, machine_rank: int, head: str, port: int) -> int:
     argv = plan.launch_argv(machine_rank, head, port)
     say("launch: " + " ".join(argv))
     write_node_status(plan, machine_rank, state="running")
-    child = subprocess.Popen(argv, env=child_env(plan, machine_rank), start_new_session=True)
+    launched = time.time()
+    # The launcher (torchrun) ignores USR2: Slurm may signal every process of the step, and only the
+    # ranks act on it (checkpoint, then stop). The ranks install their own handler.
+    # A user's own script writes no status files: its output passes through here (to the node log,
+    # as before) so that a failure can be explained from its last lines.
+    child = subprocess.Popen(
+        argv, env=child_env(plan, machine_rank), start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN),
+        **(CAPTURE if plan.entrypoint else {}),
+    )  # fmt: skip
+    tail = OutputTail(child) if plan.entrypoint else None
+    hard_stop_at: list[float] = []
 
-    def forward(signum, _frame):
-        say(f"received {signal.Signals(signum).name}: stopping the ranks")
-        child.send_signal(signal.SIGTERM)  # torchrun stops its workers on SIGTERM
-        deadline = time.monotonic() + GRACE_S
-        while child.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if child.poll() is None:
+    def request_stop(signum, _frame):
+        # Graceful (USR2 from Slurm, SIGTERM): ask this node's ranks to checkpoint and stop.
+        # SIGINT, or a second request: stop now (torchrun terminates its workers on SIGTERM).
+        if plan.entrypoint is not None and signum == signal.SIGUSR2:
+            # A user's script has no checkpoint protocol: USR2 goes to its process group, where the
+            # launcher ignores it and a rank acts on it only if the script installed a handler.
+            try:
+                os.killpg(child.pid, signal.SIGUSR2)
+            except ProcessLookupError:
+                pass
+            return
+        graceful = signum != signal.SIGINT and not hard_stop_at and plan.entrypoint is None
+        for pid in rank_pids(plan, machine_rank):
+            try:
+                os.kill(pid, signal.SIGUSR2 if graceful else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if not graceful:
+            child.send_signal(signal.SIGTERM)
+        hard_stop_at.append(time.monotonic() + (STOP_GRACE_S if graceful else GRACE_S))
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        signal.signal(signum, request_stop)
+    while child.poll() is None:
+        if hard_stop_at and time.monotonic() > hard_stop_at[-1]:
+            say("the ranks did not stop in time: killing them")
             os.killpg(child.pid, signal.SIGKILL)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    returncode = child.wait()
+        time.sleep(0.2)
+    returncode = child.returncode
+    output = tail.join() if tail else []
     del store  # the head's join store stays up until here: other nodes may still be reading "go"
+    marker = read_requeue_marker(Path(plan.run_dir))
+    if marker and marker.get("time", 0) >= launched:
+        write_node_status(plan, machine_rank, state="stopped", step=marker["step"], checkpoint=marker["checkpoint"])
+        say(f"stopped at step {marker['step']} ({marker['signal']}); checkpoint {marker['checkpoint']}")
+        return EXIT_RESUMABLE
     if returncode == 0:
-        write_node_status(plan, machine_rank, state="done")
+        write_node_status(plan, machine_rank, state="done", returncode=0)
         say("done")
         return 0
-    reason = explain_failure(plan, machine_rank, returncode)
-    write_node_status(plan, machine_rank, state="failed", error=f"node {machine_rank}: {reason}", returncode=returncode)
+    details: dict = {}
+    if plan.entrypoint is not None:
+        details = explain_script_failure(plan, machine_rank, returncode, output)
+        reason = details.pop("error")
+    else:
+        reason = explain_failure(plan, machine_rank, returncode)
+    write_node_status(
+        plan, machine_rank, state="failed", error=f"node {machine_rank}: {reason}", returncode=returncode, **details
+    )
     print(f"ftlaunch node {machine_rank}: error: {reason}", file=sys.stderr, flush=True)
     return returncode if returncode > 0 else 1
+
+
+def rank_pids(plan: Plan, machine_rank: int) -> list[int]:
+    """PIDs of this node's ranks, from the status files they write when they start."""
+    pids = []
+    first = machine_rank * plan.procs_per_node
+    for rank in range(first, first + plan.procs_per_node):
+        try:
+            status = json.loads((Path(plan.run_dir) / "status" / f"rank-{rank}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if status.get("state") == "running" and status.get("host") == socket.gethostname():
+            pids.append(int(status["pid"]))
+    return pids
 
 
 def main(argv: list[str] | None = None) -> int:

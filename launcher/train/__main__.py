@@ -1,6 +1,7 @@
 """`python -m launcher.train RUN_DIR`: the code every rank runs, started by `accelerate launch`.
 
-setup -> data -> model -> fit -> evaluate -> save, all driven by the run dir's recipe.yaml and plan.json.
+setup -> data -> model -> (resume) -> fit -> evaluate -> save, all driven by the run dir's
+recipe.yaml and plan.json.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     from launcher.plan import Plan
     from launcher.recipe import load_resolved
     from launcher.train.identity import RankIdentity
-    from launcher.train.status import rank_status, stop_on_sigterm
+    from launcher.train.preemption import StopRequest
+    from launcher.train.status import rank_status
 
     plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
     recipe = load_resolved(run_dir / "recipe.yaml")
     who = RankIdentity.from_env(plan.procs_per_node)
-    stop_on_sigterm()
+    stop = StopRequest()
+    stop.install()
     try:
         with rank_status(run_dir, who):
-            train(run_dir, recipe, plan, who)
+            train(run_dir, recipe, plan, who, stop)
     except BaseException as exc:  # noqa: BLE001
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         if not isinstance(exc, SystemExit):
@@ -47,14 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train(run_dir: Path, recipe, plan, who) -> None:
+def train(run_dir: Path, recipe, plan, who, stop) -> None:
     import torch
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    from launcher.train.checkpoint import Checkpointer, Position, check_resumable, latest_valid, recipe_fingerprint
     from launcher.train.data import build_loaders
     from launcher.train.loop import fit, steps_for
     from launcher.train.model import load_model, load_tokenizer
+    from launcher.train.preemption import REQUEUE_MARKER, write_requeue_marker
     from launcher.train.progress import make_progress
     from launcher.train.records import RankRecords
     from launcher.train.save import save_model
@@ -91,6 +96,7 @@ def train(run_dir: Path, recipe, plan, who) -> None:
         raise RuntimeError(f"planned {plan.total_steps} optimizer steps but the data gives {total}")
     warmup = recipe.train.warmup_steps or math.ceil(recipe.train.warmup_ratio * total)
     scheduler = get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    accelerator.register_for_checkpointing(scheduler)
     records.write(
         "setup", world_size=accelerator.num_processes, device=str(accelerator.device),
         distributed_type=str(accelerator.distributed_type), mixed_precision=accelerator.mixed_precision,
@@ -98,12 +104,37 @@ def train(run_dir: Path, recipe, plan, who) -> None:
         steps_per_epoch=per_epoch, epochs=epochs, total_steps=total, warmup_steps=warmup,
     )  # fmt: skip
 
-    # --- fit (+ evaluate on the planned cadence)
+    # --- resume from the newest valid checkpoint, if this run has one (requeue, --resume)
+    start = None
+    found = latest_valid(run_dir)
+    if found:
+        checkpoint, manifest = found
+        check_resumable(manifest, checkpoint, accelerator.num_processes, recipe_fingerprint(recipe))
+        accelerator.load_state(str(checkpoint / "state"))
+        start = Position(manifest["step"], manifest["epoch"], manifest["batches"], manifest["samples"])
+        records.write("resume", step=start.step, epoch=start.epoch, batches=start.batches, checkpoint=checkpoint.name)
+        if accelerator.is_main_process:
+            (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
+            print(f"[train] resumed from {checkpoint.name}: step {start.step}, epoch {start.epoch}, "
+                  f"batch {start.batches}", flush=True)  # fmt: skip
+    checkpointer = Checkpointer(accelerator, run_dir, recipe, keep=recipe.train.save_total_limit)
+
+    # --- fit (+ evaluate and checkpoint on the planned cadence)
     progress = make_progress(accelerator.is_main_process, total)
     try:
-        result = fit(accelerator, model, optimizer, scheduler, loaders, recipe, plan, records, progress)
+        result = fit(accelerator, model, optimizer, scheduler, loaders, recipe, plan, records, progress,
+                     checkpointer, stop, start)  # fmt: skip
     finally:
         progress.close()
+
+    if result.preempted:
+        records.write("preempted", step=result.steps, checkpoint=result.last_checkpoint.name)
+        if accelerator.is_main_process:
+            write_requeue_marker(run_dir, result.steps, result.last_checkpoint, stop.signum)
+            print(f"[train] stopped at step {result.steps} on request; checkpoint {result.last_checkpoint}", flush=True)
+        accelerator.end_training()
+        records.close()
+        return
 
     # --- save
     final = result.evals[-1] if result.evals else None

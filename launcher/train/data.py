@@ -106,11 +106,15 @@ def build_loaders(recipe: Recipe, tokenizer, accelerator, world_size: int, eval_
             eval_set = tokenize(recipe, raw, tokenizer, data.eval_split, data.max_eval_samples)
 
     collate = collator(recipe, tokenizer)
+    # Loaders get their own generators: creating an iterator then never draws from the global RNG, so a
+    # run resumed mid-epoch sees the same dropout masks as one that was never interrupted.
     generator = torch.Generator().manual_seed(train.seed)
     if data.group_by_length and data.padding == "dynamic":
         lengths = [len(ids) for ids in train_set["input_ids"]]
         sampler = EpochLengthGroupedSampler(lengths, train.per_device_batch_size * world_size, train.seed)
-        train_loader = DataLoader(train_set, batch_size=train.per_device_batch_size, sampler=sampler, collate_fn=collate)
+        train_loader = DataLoader(
+            train_set, batch_size=train.per_device_batch_size, sampler=sampler, generator=generator, collate_fn=collate
+        )
     else:
         train_loader = DataLoader(
             train_set, batch_size=train.per_device_batch_size, shuffle=True, generator=generator, collate_fn=collate
@@ -121,5 +125,8 @@ def build_loaders(recipe: Recipe, tokenizer, accelerator, world_size: int, eval_
             # Longest first: less padding per batch and an out-of-memory shows up at once; metrics ignore order.
             lengths = [len(ids) for ids in eval_set["input_ids"]]
             eval_set = eval_set.select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
-        eval_loader = DataLoader(eval_set, batch_size=eval_batch_size, shuffle=False, collate_fn=collate)
+        eval_loader = DataLoader(
+            eval_set, batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
+            generator=torch.Generator().manual_seed(train.seed),
+        )  # fmt: skip
     return Loaders(train_loader, eval_loader, len(train_set), len(eval_set) if eval_set is not None else 0)

@@ -13,7 +13,7 @@ class RankIdentity:
     local_rank: int
     node: int
     host: str
-    attempt: int  # Slurm restart count: 0 on the first run, +1 per requeue
+    attempt: int  # 0 on the first run, +1 per requeue (Slurm) or --resume
 
     @classmethod
     def from_env(cls, procs_per_node: int) -> RankIdentity:
@@ -24,5 +24,5 @@ class RankIdentity:
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             node=node,
             host=socket.gethostname(),
-            attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+            attempt=int(os.environ.get("FTL_ATTEMPT_BASE") or 0) + int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         )

@@ -1,5 +1,6 @@
 """The training loop: gradient accumulation via accelerate, one scheduler step per optimizer step,
-evaluation and logging on the planned cadence, no host sync except at logging steps."""
+evaluation, checkpoints and stop requests on the planned cadence, no host sync except at logging
+steps (and the tiny stop-agreement all-reduce)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from launcher.recipe.schema import Recipe
+from launcher.train.checkpoint import Position
 from launcher.train.evaluation import evaluate
 
 
@@ -48,6 +50,8 @@ class FitResult:
     samples: int
     seconds: float
     evals: list[dict]
+    preempted: bool = False
+    last_checkpoint: object = None
 
 
 def steps_for(loader_len: int, accumulation: int, recipe: Recipe) -> tuple[int, int, int]:
@@ -65,14 +69,16 @@ def param_checksum(model) -> float:
         return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan, records, progress) -> FitResult:
+def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan, records, progress,
+        checkpointer, stop, start: Position | None = None) -> FitResult:  # fmt: skip
     train = recipe.train
     per_epoch, epochs, total = steps_for(len(loaders.train), plan.gradient_accumulation_steps, recipe)
     checksum = plan.backend == "ddp"  # ZeRO-3 shards parameters: a local sum means nothing there
-    step = 0
-    samples = 0
+    step = start.step if start else 0
+    samples = start.samples if start else 0
     evals: list[dict] = []
-    evaluated_at = -1
+    evaluated_at = saved_at = -1
+    last_checkpoint = None
     window = Window()
     started = time.perf_counter()
     model.train()
@@ -88,10 +94,29 @@ def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan,
         shown = {k: round(v, 4) for k, v in result["metrics"].items()}
         progress.message(f"eval at step {step}: {shown} ({result['rows']} rows, {result['seconds']} s)")
 
-    epoch = 0
-    for epoch in range(epochs):
+    def save(position: Position) -> None:
+        nonlocal saved_at, last_checkpoint
+        metrics = evals[-1]["metrics"] if evals and evaluated_at == step else None
+        last_checkpoint = checkpointer.save(position, metrics)
+        saved_at = step
+        records.write("checkpoint", step=step, epoch=position.epoch, batches=position.batches, path=last_checkpoint.name)
+        progress.message(f"checkpoint at step {step}: {last_checkpoint}")
+
+    def result(preempted: bool = False) -> FitResult:
+        return FitResult(step, epoch + 1, samples + window.samples, round(time.perf_counter() - started, 3), evals,
+                         preempted, last_checkpoint)  # fmt: skip
+
+    first_epoch = start.epoch if start else 0
+    epoch = first_epoch
+    stop.in_loop = True
+    for epoch in range(first_epoch, epochs):
         loaders.train.set_epoch(epoch)
-        for micro_step, batch in enumerate(loaders.train):
+        length = len(loaders.train)
+        skip = start.batches if start and epoch == start.epoch else 0
+        # Resume mid-epoch at the next unseen batch (same shuffle: the order depends on seed + epoch).
+        batches = accelerator.skip_first_batches(loaders.train, skip) if 0 < skip < length else ([] if skip else loaders.train)
+        epoch_float = epoch + skip / length
+        for micro_index, batch in enumerate(batches, start=skip):
             with accelerator.accumulate(model):
                 outputs = model(**batch)
                 accelerator.backward(outputs.loss)
@@ -106,7 +131,7 @@ def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan,
                 continue
             step += 1
             window.steps += 1
-            epoch_float = epoch + (micro_step + 1) / len(loaders.train)
+            epoch_float = epoch + (micro_index + 1) / length
             if step % train.logging_steps == 0 or step == total:
                 info = window.summary()
                 samples += window.samples
@@ -118,13 +143,23 @@ def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan,
                 window = Window()
             if loaders.eval is not None and train.eval_strategy == "steps" and step % train.eval_steps == 0:
                 run_eval(epoch_float)
+            position = Position(step, epoch, micro_index + 1, samples + window.samples)
+            if train.save_strategy == "steps" and step % train.save_steps == 0:
+                save(position)
+            if stop.agreed(accelerator):
+                if saved_at != step:
+                    save(position)
+                stop.in_loop = False
+                return result(preempted=True)
             if step >= total:
                 break
         if loaders.eval is not None and train.eval_strategy == "epoch" and evaluated_at != step:
             run_eval(epoch_float)
+        if train.save_strategy == "epoch" and saved_at != step:
+            save(Position(step, epoch + 1, 0, samples + window.samples))
         if step >= total:
             break
-    samples += window.samples
+    stop.in_loop = False
     if loaders.eval is not None and evaluated_at != step:
         run_eval(epoch_float)  # the reported metric is always that of the final model
-    return FitResult(step, epoch + 1, samples, round(time.perf_counter() - started, 3), evals)
+    return result()

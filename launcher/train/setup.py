@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
     if plan.precision == "fp16" and not torch.cuda.is_available():
         # accelerate would silently train in fp32 here
         raise SetupError("train.precision fp16 needs a CUDA GPU; this node has none (use bf16 or no)")
+    if plan.backend == "deepspeed":
+        check_deepspeed_file(recipe, plan, run_dir)
     process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=plan.rendezvous.timeout_s))
     if on_cpu and plan.backend == "deepspeed" and plan.world_size > 1:
         process_group.backend = "gloo"  # accelerate would ask DeepSpeed for NCCL/ccl
@@ -57,3 +60,26 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
             f"(distributed type {accelerator.distributed_type}); refusing to train unsynchronised ranks"
         )
     return accelerator
+
+
+def check_deepspeed_file(recipe: Recipe, plan: Plan, run_dir: Path) -> dict:
+    """The run dir's deepspeed.json (what accelerate hands DeepSpeed) must agree with the plan, and
+    DeepSpeed itself must accept it; checked on every rank before any process group exists, so a
+    hand-edited file fails fast with one line naming the fields instead of an assertion mid-prepare."""
+    from launcher.render.deepspeed_config import (
+        FILE_NAME,
+        DeepSpeedConfigMismatch,
+        deepspeed_validate,
+        load_deepspeed_config,
+    )
+
+    path = Path(run_dir) / FILE_NAME
+    given = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")  # set by `accelerate launch` from accelerate.yaml
+    if given and Path(given).resolve() != path.resolve():
+        raise SetupError(f"accelerate.yaml points DeepSpeed at {given}, not this run's {path} (was the run dir moved?)")
+    try:
+        config = load_deepspeed_config(path, plan, recipe)
+        deepspeed_validate(config, plan.world_size)
+    except DeepSpeedConfigMismatch as exc:
+        raise SetupError(str(exc)) from None
+    return config

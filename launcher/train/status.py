@@ -27,15 +27,6 @@ class Stopped(SystemExit):
         return f"stopped by signal {self.signum}"
 
 
-def stop_on_sigterm() -> None:
-    import signal
-
-    def handler(signum, _frame):
-        raise Stopped(signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -1,0 +1,62 @@
+"""Stop requests (Slurm's USR2 warning before the time limit, or SIGTERM): the handler only sets a
+flag; the loop checks it at each optimizer-step boundary, the ranks agree, checkpoint and exit.
+
+Outside the training loop (loading, saving) there is nothing to checkpoint yet, so a signal
+stops the rank at once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from launcher.train.status import Stopped, write_json_atomic
+
+REQUEUE_MARKER = "status/requeue"  # the batch script requeues the job when it finds this
+
+
+class StopRequest:
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None
+        self.in_loop = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        if not self.in_loop:
+            raise Stopped(signum)
+        self.requested = True
+        self.signum = signum
+
+    def agreed(self, accelerator) -> bool:
+        """Collective: true on every rank as soon as any rank was asked to stop, so all stop at the
+        same step (one rank saving while another trains on would deadlock)."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def write_requeue_marker(run_dir: Path, step: int, checkpoint: Path, signum: int | None) -> None:
+    name = signal.Signals(signum).name if signum else "a peer's request"
+    write_json_atomic(
+        run_dir / REQUEUE_MARKER,
+        {"step": step, "checkpoint": str(checkpoint), "signal": name, "time": time.time()},
+    )
+
+
+def read_requeue_marker(run_dir: Path) -> dict | None:
+    path = run_dir / REQUEUE_MARKER
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
