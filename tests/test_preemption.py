@@ -77,6 +77,8 @@ def test_stopped_run_resumes_mid_epoch_and_ends_like_an_uninterrupted_run(tmp_pa
     resume = [r for r in read_records(run_dir, "resume")]
     assert {(r["rank"], r["step"]) for r in resume} == {(0, stopped_at), (1, stopped_at)}
     assert not (run_dir / "status" / "requeue").exists()
+    status = ftlaunch("status", run_dir)
+    assert status.returncode == 0 and "restarts 1, last checkpoint at step 20" in status.stdout, status.stdout
 
 
 def test_truncated_newest_checkpoint_is_skipped_for_the_previous_one(tmp_path, tiny_model_dir, mrpc_dir,

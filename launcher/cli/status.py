@@ -48,8 +48,20 @@ def status_lines(runs: list[Path]) -> list[str]:
             lines.append("job    not submitted (dry run)")
         else:
             lines.append(f"state  {local_state(info.run_dir, info.nodes)}")
+        lines.append(f"train  {progress_line(info.run_dir)}")
         for rank, data in sorted(node_status(info.run_dir).items()):
             lines.append(f"node {rank} {describe_node_status(data)}")
         lines.append(f"logs   ftlaunch logs {shlex.quote(str(info.run_dir))}")
     lines += [f"note   {note}" for note in report.notes]
     return lines
+
+
+def progress_line(run_dir: Path) -> str:
+    """Restarts (requeues and --resume) and the newest complete checkpoint."""
+    from launcher.submit.resume import next_attempt
+    from launcher.train.checkpoint import last_checkpoint_step
+
+    restarts = max(next_attempt(run_dir) - 1, 0)
+    step = last_checkpoint_step(run_dir)
+    checkpoint = f"last checkpoint at step {step}" if step is not None else "no checkpoint yet"
+    return f"restarts {restarts}, {checkpoint}"
