@@ -9,7 +9,7 @@ import sys
 from launcher import __version__
 from launcher.errors import JobFailed, UserError
 
-VERBS = ("validate", "submit", "status", "logs", "cancel", "ls", "prefetch")
+VERBS = ("validate", "submit", "status", "logs", "cancel", "ls", "prefetch", "collect")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    # Words after the first `--` are passed through untouched (submit: the user's script's arguments);
+    # argparse alone would mix them up with the verb's own positional arguments.
+    words, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, None)
+    parser = build_parser()
+    args = parser.parse_args(words)
+    if passthrough is not None and not getattr(args, "takes_passthrough", False):
+        parser.error(f"ftlaunch {args.verb} takes no arguments after --")
+    args.passthrough = passthrough
     args.argv = ["ftlaunch", *argv]  # recorded in env.json
     try:
         return args.run(args) or 0

@@ -117,7 +117,8 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
             (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
             print(f"[train] resumed from {checkpoint.name}: step {start.step}, epoch {start.epoch}, "
                   f"batch {start.batches}", flush=True)  # fmt: skip
-    checkpointer = Checkpointer(accelerator, run_dir, recipe, keep=recipe.train.save_total_limit)
+    checkpointer = Checkpointer(accelerator, run_dir, recipe, keep=recipe.train.save_total_limit,
+                                hf_files=(accelerator.unwrap_model(model).config, tokenizer))  # fmt: skip
 
     # --- fit (+ evaluate and checkpoint on the planned cadence)
     progress = make_progress(accelerator.is_main_process, total)
@@ -142,6 +143,7 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     save_model(accelerator, model, tokenizer, run_dir / "model", info)
     records.write("summary", steps=result.steps, epochs=result.epochs_run, samples=result.samples,
                   train_seconds=result.seconds, final=final["metrics"] if final else None)  # fmt: skip
+    accelerator.wait_for_everyone()  # every rank's summary is on disk before the report reads them
     if accelerator.is_main_process:
         summary = {
             "name": recipe.name,
@@ -157,8 +159,21 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
         if final:
             print(f"[train] final {json.dumps({k: round(v, 4) for k, v in final['metrics'].items()})}", flush=True)
         print(f"[train] model saved to {run_dir / 'model'}", flush=True)
+        write_report(run_dir)
     accelerator.end_training()
     records.close()
+
+
+def write_report(run_dir: Path) -> None:
+    """The run's report (report.json/.md, curves.png, merged metrics.jsonl); a finished job must not
+    fail because a plot could not be drawn: `ftlaunch collect RUN` can redo it."""
+    try:
+        from launcher.collect import collect_run
+
+        collect_run(run_dir, quiet=True)
+        print(f"[train] report: {run_dir / 'report.md'}", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"[train] warning: no report ({type(exc).__name__}: {exc}); run ftlaunch collect {run_dir}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Checkpoints: accelerate's save_state (model, optimizer, scheduler, every rank's RNG, scaler) plus
 where the data stood, written atomically with a manifest; resume picks the newest valid one.
 
-Layout: RUN/checkpoints/step-00000120/{manifest.json, state/...}. A checkpoint is written into a
+Layout: RUN/checkpoints/step-00000120/{manifest.json, state/..., hf/ (config + tokenizer)}. A checkpoint is written into a
 hidden `.step-....partial` dir and renamed into place, so a crash never leaves a half-written
 `step-*`. A `step-*` whose manifest is missing or disagrees with its files (a truncated file, a
 missing shard) is skipped, with a warning, in favour of the next older one.
@@ -98,11 +98,12 @@ def last_checkpoint_step(run_dir: Path) -> int | None:
 
 
 class Checkpointer:
-    def __init__(self, accelerator, run_dir: Path, recipe: Recipe, keep: int):
+    def __init__(self, accelerator, run_dir: Path, recipe: Recipe, keep: int, hf_files: tuple | None = None):
         self.accelerator = accelerator
         self.root = run_dir / "checkpoints"
         self.fingerprint = recipe_fingerprint(recipe)
         self.keep = keep
+        self.hf_files = hf_files  # (model config, tokenizer): makes a checkpoint exportable on its own
 
     def save(self, position: Position, metrics: dict | None = None) -> Path:
         """Collective: every rank calls it (each writes its own RNG state; ZeRO ranks their shards)."""
@@ -124,6 +125,9 @@ class Checkpointer:
                 "created": time.time(),
                 "files": _files(staging / "state"),
             }
+            if self.hf_files:
+                for part in self.hf_files:
+                    part.save_pretrained(staging / "hf")
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             if final.exists():  # a resumed run may write the same step again
                 shutil.rmtree(final)

@@ -97,9 +97,11 @@ def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan,
     def save(position: Position) -> None:
         nonlocal saved_at, last_checkpoint
         metrics = evals[-1]["metrics"] if evals and evaluated_at == step else None
+        began = time.perf_counter()
         last_checkpoint = checkpointer.save(position, metrics)
         saved_at = step
-        records.write("checkpoint", step=step, epoch=position.epoch, batches=position.batches, path=last_checkpoint.name)
+        records.write("checkpoint", step=step, epoch=position.epoch, batches=position.batches, path=last_checkpoint.name,
+                      seconds=round(time.perf_counter() - began, 3))  # fmt: skip
         progress.message(f"checkpoint at step {step}: {last_checkpoint}")
 
     def result(preempted: bool = False) -> FitResult:
