@@ -27,11 +27,14 @@ def plan_table(plan: Plan) -> Table:
     rows_eval = "?" if plan.eval_rows is None else f"{plan.eval_rows:,}"
     backend = plan.backend if plan.backend == "ddp" else f"deepspeed ZeRO-{plan.zero_stage}"
     port = plan.rendezvous.port if plan.rendezvous.port is not None else plan.rendezvous.port_rule
-    padding = plan.padding + (f", multiple of {plan.pad_to_multiple_of}" if plan.pad_to_multiple_of else "")
+    padding = str(plan.padding) + (f", multiple of {plan.pad_to_multiple_of}" if plan.pad_to_multiple_of else "")
     table.add_row("run dir", plan.run_dir)
     table.add_row("target", plan.target)
     table.add_row("world size", f"{plan.world_size} = {plan.nodes} node(s) x {plan.procs_per_node} process(es)")
     table.add_row("device", device)
+    if plan.entrypoint is not None:
+        _script_rows(plan, table, backend, port)
+        return table
     table.add_row(
         "effective batch",
         f"{plan.effective_batch_size} = {plan.per_device_batch_size} per device x "
@@ -46,6 +49,25 @@ def plan_table(plan: Plan) -> Table:
     for note in plan.notes:
         table.add_row("note", note)
     return table
+
+
+def _script_rows(plan: Plan, table: Table, backend: str, port) -> None:
+    """A user's own script: what ftlaunch sets up; batch, data and steps are the script's."""
+    entry = plan.entrypoint
+    table.add_row("script", f"{entry['script']} (copy of {entry['source']})")
+    table.add_row("script args", " ".join(entry["args"]) or "(none)")
+    batch = (
+        f"{plan.effective_batch_size} = {plan.per_device_batch_size} per device x "
+        f"{plan.gradient_accumulation_steps} accumulation x {plan.world_size} processes"
+        if plan.effective_batch_size
+        else f"set by your script; gradient accumulation {plan.gradient_accumulation_steps}"
+    )
+    table.add_row("effective batch", batch)
+    table.add_row("precision", plan.precision)
+    table.add_row("backend", backend)
+    table.add_row("rendezvous", f"head {plan.rendezvous.head_rule}; port {port}")
+    for note in plan.notes:
+        table.add_row("note", note)
 
 
 def print_plan(plan: Plan, console: Console) -> None:

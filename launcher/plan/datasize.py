@@ -13,7 +13,7 @@ from launcher.recipe.schema import Recipe
 def split_rows(recipe: Recipe) -> dict[str, int]:
     """Rows per split for local files, after max_*_samples caps. Hub datasets: {} (known at run time)."""
     data = recipe.data
-    if not data.files:
+    if data is None or not data.files:  # no data section: the user's own script reads its data
         return {}
     counts: dict[str, int] = {}
     caps = {data.train_split: data.max_train_samples, data.eval_split: data.max_eval_samples}

@@ -58,10 +58,10 @@ class Plan:
     procs_per_node: int
     world_size: int
     gpus_per_node: int
-    per_device_batch_size: int
-    eval_batch_size: int
+    per_device_batch_size: int | None  # None (and the other Nones below): a user's script decides
+    eval_batch_size: int | None
     gradient_accumulation_steps: int
-    effective_batch_size: int
+    effective_batch_size: int | None
     train_rows: int | None
     eval_rows: int | None
     micro_batches_per_epoch: int | None  # per process
@@ -70,8 +70,8 @@ class Plan:
     total_steps: int | None
     warmup_steps: int | None
     precision: str
-    padding: str
-    max_length: int
+    padding: str | None
+    max_length: int | None
     pad_to_multiple_of: int | None
     backend: str
     zero_stage: int | None
@@ -80,6 +80,10 @@ class Plan:
     node_command: list[str]  # with {machine_rank}, {head}, {port} placeholders
     launch_command: list[str]  # what the node agent runs on each node, same placeholders
     notes: list[str] = field(default_factory=list)
+    # The user's own script (recipe `entrypoint`), or None for the built-in trainer:
+    # {"script": RUN/script/NAME.py (the copy that runs), "source": the original, "args": [...]}.
+    # Then what only the script knows (batch size, data rows, steps, padding) is None in this plan.
+    entrypoint: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,33 +115,14 @@ def make_plan(
     local_port: int | None = None,
 ) -> Plan:
     """Recipe + where it runs -> Plan. Raises UserError for combinations that cannot run."""
+    if recipe.entrypoint is not None:
+        return _script_plan(recipe, target, run_dir, host, local_port)
     cluster, train, data = recipe.cluster, recipe.train, recipe.data
+    assert data is not None  # the schema requires it without an entrypoint
     split_rows = split_rows or {}
     notes: list[str] = []
 
-    device = _device(recipe, target, host)
-    if device == "cpu" and train.precision == "fp16":
-        where = "this host has no CUDA GPU" if target == "local" else "cluster.gpus_per_node is 0"
-        raise UserError(
-            f"train.precision: fp16 needs a CUDA GPU ({where}); on CPU it would silently run fp32. Use bf16 or no"
-        )
-    if device == "cuda":
-        procs_per_node = cluster.procs_per_node or cluster.gpus_per_node
-        if procs_per_node > cluster.gpus_per_node:
-            raise UserError(
-                f"cluster.procs_per_node: {procs_per_node} processes per node but {cluster.gpus_per_node} GPU(s) "
-                "per node: one process per GPU"
-            )
-    else:
-        procs_per_node = cluster.procs_per_node or 1
-    if target == "local" and device == "cuda" and cluster.nodes * procs_per_node > host.gpus:
-        raise UserError(
-            f"cluster.nodes x procs_per_node = {cluster.nodes * procs_per_node} processes but this host has "
-            f"{host.gpus} GPU(s): lower --nodes/--procs-per-node"
-        )
-    if target == "local" and device == "cpu" and cluster.gpus_per_node:
-        notes.append("no CUDA GPU on this host: running on CPU (gloo)")
-
+    device, procs_per_node = _placement(recipe, target, host, notes)
     world = cluster.nodes * procs_per_node
     per_device = train.per_device_batch_size
     accumulation = train.gradient_accumulation_steps
@@ -210,6 +195,129 @@ def make_plan(
         node_command=node_command,
         launch_command=launch_command,
         notes=notes,
+    )
+
+
+def _placement(recipe: Recipe, target: Target, host: HostFacts, notes: list[str]) -> tuple[str, int]:
+    """(device, processes per node); UserError for combinations that cannot run."""
+    cluster, train = recipe.cluster, recipe.train
+    device = _device(recipe, target, host)
+    if device == "cpu" and train.precision == "fp16":
+        where = "this host has no CUDA GPU" if target == "local" else "cluster.gpus_per_node is 0"
+        raise UserError(
+            f"train.precision: fp16 needs a CUDA GPU ({where}); on CPU it would silently run fp32. Use bf16 or no"
+        )
+    if device == "cuda":
+        procs_per_node = cluster.procs_per_node or cluster.gpus_per_node
+        if procs_per_node > cluster.gpus_per_node:
+            raise UserError(
+                f"cluster.procs_per_node: {procs_per_node} processes per node but {cluster.gpus_per_node} GPU(s) "
+                "per node: one process per GPU"
+            )
+    else:
+        procs_per_node = cluster.procs_per_node or 1
+    if target == "local" and device == "cuda" and cluster.nodes * procs_per_node > host.gpus:
+        raise UserError(
+            f"cluster.nodes x procs_per_node = {cluster.nodes * procs_per_node} processes but this host has "
+            f"{host.gpus} GPU(s): lower --nodes/--procs-per-node"
+        )
+    if target == "local" and device == "cpu" and cluster.gpus_per_node:
+        notes.append("no CUDA GPU on this host: running on CPU (gloo)")
+    return device, procs_per_node
+
+
+SCRIPT_DIR = "script"  # RUN/script/NAME.py: the copy of the user's script that every node runs
+
+# The train fields a script run uses (the others only the built-in trainer reads; a script run lists
+# the ones the recipe sets as unused). DeepSpeed's JSON also takes the batch size and clipping.
+_SCRIPT_USES_TRAIN = ("precision", "gradient_accumulation_steps")
+_SCRIPT_USES_TRAIN_DEEPSPEED = (*_SCRIPT_USES_TRAIN, "per_device_batch_size", "max_grad_norm")
+
+
+def script_copy_path(run_dir: str, source: str) -> str:
+    return f"{run_dir}/{SCRIPT_DIR}/{source.rsplit('/', 1)[-1]}"
+
+
+def _script_plan(recipe: Recipe, target: Target, run_dir: str, host: HostFacts, local_port: int | None) -> Plan:
+    """The plan for the user's own script: the same placement, configs and rendezvous as the built-in
+    trainer; `accelerate launch` runs the run dir's copy of the script instead of launcher.train."""
+    entry = recipe.entrypoint
+    assert entry is not None
+    cluster, train = recipe.cluster, recipe.train
+    notes: list[str] = []
+    device, procs_per_node = _placement(recipe, target, host, notes)
+    backend = recipe.distributed.backend
+    used = _SCRIPT_USES_TRAIN_DEEPSPEED if backend == "deepspeed" else _SCRIPT_USES_TRAIN
+    unused = [name for name in ("model", "data") if getattr(recipe, name) is not None]
+    unused += ["metrics"] if "metrics" in recipe.model_fields_set else []
+    unused += [f"train.{name}" for name in sorted(train.model_fields_set) if name not in used]
+    if "timeout_s" in recipe.distributed.model_fields_set:
+        unused.append("distributed.timeout_s (pass InitProcessGroupKwargs(timeout=...) to Accelerator)")
+    if unused:
+        notes.append("not used by your script (the built-in trainer's settings): " + ", ".join(unused))
+    if train.gradient_accumulation_steps > 1:
+        notes.append(
+            f"gradient accumulation {train.gradient_accumulation_steps}: ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
+            "read by Accelerator(); it applies where the script uses accelerator.accumulate(model)"
+        )
+    zero_stage = (2 if recipe.distributed.zero_stage is None else recipe.distributed.zero_stage) if backend == "deepspeed" else None
+    per_device = None  # the script's own DataLoader decides
+    if backend == "deepspeed":
+        per_device = train.per_device_batch_size
+        notes.append(
+            f"DeepSpeed: train.per_device_batch_size ({per_device}) and train.max_grad_norm go into deepspeed.json; "
+            "give your DataLoader the same batch size"
+        )
+        if device == "cpu":
+            notes.append(
+                "DeepSpeed on CPU: your script needs Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend='gloo')])"
+            )
+    rendezvous = _rendezvous(recipe, target, local_port)
+    python = "python3" if cluster.container and target == "slurm" else host.python
+    script = script_copy_path(run_dir, entry.script)
+    node_command = [python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
+                    "--head", "{head}", "--port", "{port}"]  # fmt: skip
+    launch_command = [
+        python, "-m", "accelerate.commands.launch",
+        "--config_file", f"{run_dir}/accelerate.yaml",
+        "--machine_rank", "{machine_rank}",
+        "--main_process_ip", "{head}",
+        "--main_process_port", "{port}",
+        script, *entry.args,
+    ]  # fmt: skip
+    world = cluster.nodes * procs_per_node
+    return Plan(
+        name=recipe.name,
+        target=target,
+        run_dir=run_dir,
+        device=device,  # type: ignore[arg-type]  # "cpu" | "cuda"
+        nodes=cluster.nodes,
+        procs_per_node=procs_per_node,
+        world_size=world,
+        gpus_per_node=cluster.gpus_per_node if device == "cuda" else 0,
+        per_device_batch_size=per_device,
+        eval_batch_size=None,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        effective_batch_size=per_device * train.gradient_accumulation_steps * world if per_device else None,
+        train_rows=None,
+        eval_rows=None,
+        micro_batches_per_epoch=None,
+        steps_per_epoch=None,
+        epochs=None,
+        total_steps=None,
+        warmup_steps=None,
+        precision=train.precision,
+        padding=None,
+        max_length=None,
+        pad_to_multiple_of=None,
+        backend=backend,
+        zero_stage=zero_stage,
+        rendezvous=rendezvous,
+        python=python,
+        node_command=node_command,
+        launch_command=launch_command,
+        notes=notes,
+        entrypoint={"script": script, "source": entry.script, "args": list(entry.args)},
     )
 
 

@@ -27,10 +27,14 @@ class LoadedRecipe:
     path: str
 
 
-def load_recipe(path: str | Path, overrides: list[Override] | None = None) -> LoadedRecipe:
-    """Validate `path` with `overrides` applied. Raises UserError listing every problem."""
+NO_RECIPE_FILE = "(no recipe file)"
+
+
+def load_recipe(path: str | Path | None, overrides: list[Override] | None = None) -> LoadedRecipe:
+    """Validate `path` with `overrides` applied. Raises UserError listing every problem.
+    `path` None: no file, the recipe is the overrides alone (`ftlaunch submit --script train.py`)."""
     overrides = overrides or []
-    source = read_yaml_file(path)
+    source = read_yaml_file(path) if path is not None else YamlSource(NO_RECIPE_FILE, {})
     if source.problems and not source.data:
         raise UserError(*source.problems)
     data = apply_overrides(source.data, overrides)
@@ -45,7 +49,7 @@ def load_recipe(path: str | Path, overrides: list[Override] | None = None) -> Lo
     problems += [_format(source, overridden, field, message) for field, message in rules.check(recipe)]
     if problems:
         raise UserError(*problems)
-    return LoadedRecipe(recipe, str(path))
+    return LoadedRecipe(recipe, str(path) if path is not None else NO_RECIPE_FILE)
 
 
 def load_resolved(path: str | Path) -> Recipe:
@@ -78,24 +82,31 @@ def resolve_paths(recipe: Recipe) -> Recipe:
             return absolute(name)
         return name
 
-    data = recipe.data
-    model = recipe.model.model_copy(
-        update={"name_or_path": maybe_local(recipe.model.name_or_path), "tokenizer": maybe_local(recipe.model.tokenizer)}
-    )
-    data = data.model_copy(
-        update={
-            "files": {split: absolute(p) for split, p in data.files.items()} if data.files else None,
-            "cache_dir": absolute(data.cache_dir) if data.cache_dir else None,
-        }
-    )
+    data, model, entrypoint = recipe.data, recipe.model, recipe.entrypoint
+    if model is not None:
+        model = model.model_copy(
+            update={"name_or_path": maybe_local(model.name_or_path), "tokenizer": maybe_local(model.tokenizer)}
+        )
+    if data is not None:
+        data = data.model_copy(
+            update={
+                "files": {split: absolute(p) for split, p in data.files.items()} if data.files else None,
+                "cache_dir": absolute(data.cache_dir) if data.cache_dir else None,
+            }
+        )
+    if entrypoint is not None:
+        entrypoint = entrypoint.model_copy(update={"script": absolute(entrypoint.script)})
     cluster = recipe.cluster
     container = cluster.container
     if container and container.runtime == "apptainer" and "://" not in container.image:
         container = container.model_copy(update={"image": absolute(container.image)})
     cluster = cluster.model_copy(update={"container": container})
     return recipe.model_copy(
-        update={"model": model, "data": data, "cluster": cluster, "output_dir": absolute(recipe.output_dir)}
-    )
+        update={
+            "model": model, "data": data, "entrypoint": entrypoint, "cluster": cluster,
+            "output_dir": absolute(recipe.output_dir),
+        }
+    )  # fmt: skip
 
 
 def _format(source: YamlSource, overridden: dict[str, Override], field: str, message: str) -> str:

@@ -36,6 +36,8 @@ def _type_name(annotation) -> str:
 def _default(field) -> str:
     if field.default is PydanticUndefined and field.default_factory is None:
         return "**required**"
+    if isinstance(field.json_schema_extra, dict) and "required_without" in field.json_schema_extra:
+        return f"**required** without `{field.json_schema_extra['required_without']}`"
     value = field.default_factory() if field.default_factory is not None else field.default
     if isinstance(value, BaseModel):
         return ""

@@ -27,7 +27,21 @@ SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "COMET_API_
 
 
 def check(recipe: Recipe) -> list[Problem]:
+    if recipe.entrypoint is not None:
+        # The user's own script: model, data, metrics and the optimisation settings are not ftlaunch's
+        # to check (the plan lists the ones set as unused); what launches it still is.
+        return [*_entrypoint(recipe), *_distributed(recipe), *_cluster(recipe)]
     return [*_data(recipe), *_train(recipe), *_metrics(recipe), *_distributed(recipe), *_cluster(recipe)]
+
+
+def _entrypoint(recipe: Recipe) -> Iterator[Problem]:
+    script = Path(recipe.entrypoint.script).expanduser()
+    if not script.exists():
+        yield "entrypoint.script", f"script not found: {script}"
+    elif not script.is_file():
+        yield "entrypoint.script", f"not a file: {script}"
+    elif script.suffix != ".py":
+        yield "entrypoint.script", f"{script.name} is not a Python file (.py): accelerate launch runs it with python"
 
 
 def file_format(path: str, declared: str | None) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
 
@@ -128,10 +128,27 @@ class ClusterSpec(Section):
     sbatch_args: list[NonEmptyStr] = Field(default_factory=list, description="extra sbatch options, e.g. --exclusive")
 
 
+class EntrypointSpec(Section):
+    script: NonEmptyStr = Field(
+        ..., description="your training script (.py): accelerate launch runs a copy of it (RUN/script/) on every node"
+    )
+    args: list[str] = Field(default_factory=list, description="command-line arguments for the script")
+
+
+# Sections only the built-in trainer reads: required without `entrypoint`, optional (and ignored) with it.
+BUILTIN_TRAINER_SECTIONS = ("model", "data")
+REQUIRED_WITHOUT_ENTRYPOINT = {"required_without": "entrypoint"}
+
+
 class Recipe(Section):
     name: NonEmptyStr = Field(..., max_length=128, description="job name; run dirs are named after it")
-    model: ModelSpec = Field(..., description="what to fine-tune")
-    data: DataSpec = Field(..., description="what to train and evaluate on")
+    model: ModelSpec | None = Field(None, description="what to fine-tune", json_schema_extra=REQUIRED_WITHOUT_ENTRYPOINT)
+    data: DataSpec | None = Field(
+        None, description="what to train and evaluate on", json_schema_extra=REQUIRED_WITHOUT_ENTRYPOINT
+    )
+    entrypoint: EntrypointSpec | None = Field(
+        None, description="run your own script instead of the built-in trainer (model, data, metrics then unused)"
+    )
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation")
     metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["accuracy"], min_length=1, description="computed offline on the eval split"
@@ -139,3 +156,30 @@ class Recipe(Section):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="how ranks cooperate")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="where it runs")
     output_dir: NonEmptyStr = Field("runs", description="run directories are created below this")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _builtin_trainer_needs_model_and_data(cls, data, handler):
+        """Without `entrypoint`, `model` and `data` are required: reported as pydantic "missing"
+        errors, together with every other schema error (one pass, like any required field)."""
+        missing = []
+        if isinstance(data, dict) and data.get("entrypoint") is None:
+            missing = [name for name in BUILTIN_TRAINER_SECTIONS if data.get(name) is None]
+        if not missing:
+            return handler(data)
+        errors = [{"type": "missing", "loc": (name,), "input": data} for name in missing]
+        try:
+            handler(data)
+        except ValidationError as exc:
+            errors += [
+                {key: err[key] for key in ("type", "loc", "input", "ctx") if key in err}
+                for err in exc.errors(include_url=False)
+            ]
+            order = list(cls.model_fields)
+            errors.sort(key=lambda e: order.index(e["loc"][0]) if e["loc"] and e["loc"][0] in order else len(order))
+            try:
+                combined = ValidationError.from_exception_data(cls.__name__, errors)
+            except (KeyError, TypeError, ValueError):  # an error type that cannot be rebuilt: pydantic's own
+                raise exc from None
+            raise combined from None
+        raise ValidationError.from_exception_data(cls.__name__, errors)

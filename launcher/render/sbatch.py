@@ -257,13 +257,16 @@ def _container_launch(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str]) 
     # local model/tokenizer dirs, local data files, the datasets cache dir.
     needed = [str(Path(plan.run_dir).parent)]
     needed += [cache_env[k] for k in ("HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE") if cache_env.get(k)]
-    for name in (recipe.model.name_or_path, recipe.model.tokenizer):
-        if name and name.startswith("/"):
-            needed.append(name)
-    if recipe.data.files:
+    if recipe.model is not None:
+        for name in (recipe.model.name_or_path, recipe.model.tokenizer):
+            if name and name.startswith("/"):
+                needed.append(name)
+    if recipe.data is not None and recipe.data.files:
         needed += [str(Path(path).parent) for path in recipe.data.files.values()]
-    if recipe.data.cache_dir:
+    if recipe.data is not None and recipe.data.cache_dir:
         needed.append(recipe.data.cache_dir)
+    if recipe.entrypoint is not None:  # modules beside the user's script (on PYTHONPATH; the copy is in the run dir)
+        needed.append(str(Path(recipe.entrypoint.script).parent))
     targets = [m.split(":")[1] if ":" in m else m for m in mounts]
     for path in needed:
         if any(path == t or path.startswith(t.rstrip("/") + "/") for t in targets):

@@ -75,7 +75,9 @@ def is_local(name: str) -> bool:
 
 def hub_needs(recipe: Recipe) -> list[HubNeed]:
     model = recipe.model
-    needs = []
+    needs: list[HubNeed] = []
+    if model is None or recipe.data is None:  # a user's own script (entrypoint): it loads what it loads
+        return needs
     if not is_local(model.name_or_path):
         needs.append(HubNeed("model.name_or_path", "model", model.name_or_path, model.revision))
     if model.tokenizer and not is_local(model.tokenizer):
@@ -92,7 +94,9 @@ def _advice(recipe_path: str) -> str:
 def check_offline(recipe: Recipe, recipe_path: str, environ: Mapping[str, str] | None = None) -> list[str]:
     """One line per thing the job needs that would not resolve with HF_HUB_OFFLINE=1 (empty: all there)."""
     cache = hf_cache_env(environ)
-    problems = []
+    problems: list[str] = []
+    if recipe.model is None:  # a user's own script (entrypoint): nothing of ftlaunch's to check
+        return problems
     for field_name, name in (
         ("model.name_or_path", recipe.model.name_or_path),
         ("model.tokenizer", recipe.model.tokenizer),

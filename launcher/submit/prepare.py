@@ -15,18 +15,19 @@ from launcher.recipe import Override, Recipe, dump_recipe, load_recipe
 from launcher.render import render_files
 from launcher.submit.envrecord import render_env_record
 from launcher.submit.rundir import new_run_dir, write_run_dir
+from launcher.submit.script import script_files
 
 
 @dataclass(frozen=True)
 class PreparedRun:
     recipe: Recipe
     plan: Plan
-    files: dict[str, str]
+    files: dict[str, str | bytes]  # bytes: the copy of a user's script, exactly as it was
     run_dir: Path
 
 
 def prepare_run(
-    recipe_path: str,
+    recipe_path: str | None,
     overrides: list[Override],
     target: str,
     host: HostFacts,
@@ -37,8 +38,9 @@ def prepare_run(
     run_dir = new_run_dir(recipe.output_dir, recipe.name)
     port = free_port_pair() if target == "local" else None
     plan = make_plan(recipe, target, str(run_dir), host, split_rows(recipe), local_port=port)
-    files = {"recipe.yaml": _recipe_header(recipe_path, overrides) + dump_recipe(recipe), **render_files(plan)}
+    files = {"recipe.yaml": _recipe_header(recipe_path, overrides) + dump_recipe(recipe), **render_files(plan, recipe)}
     files["env.json"] = render_env_record(argv)
+    files.update(script_files(plan))  # the user's own script: RUN/script/NAME.py (bytes) + manifest.json
     return PreparedRun(recipe, plan, files, run_dir)
 
 
@@ -46,8 +48,8 @@ def write_prepared(prepared: PreparedRun) -> None:
     write_run_dir(prepared.run_dir, prepared.files)
 
 
-def _recipe_header(recipe_path: str, overrides: list[Override]) -> str:
-    lines = [f"# Resolved by ftlaunch from {recipe_path}"]
+def _recipe_header(recipe_path: str | None, overrides: list[Override]) -> str:
+    lines = [f"# Resolved by ftlaunch from {recipe_path or 'no recipe file'}"]
     for override in overrides:
         flag = f"--set {override.text}" if override.origin == "--set" else override.text
         lines.append("#   " + flag.encode("unicode_escape").decode("ascii"))  # stays one comment line
