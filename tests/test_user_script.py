@@ -175,6 +175,13 @@ def test_chapter3_script_on_two_local_nodes(tmp_path, tiny_model_dir, mrpc_dir):
     status = [json.loads((run_dir / "status" / f"node-{n}.json").read_text()) for n in (0, 1)]
     assert [(s["state"], s["returncode"]) for s in status] == [("done", 0), ("done", 0)]
     assert json.loads((run_dir / "script-metrics.json").read_text())["micro_batches"] == 6  # $FTL_RUN_DIR
+    # collect says what it can know about a foreign script: exit status per node, its copy, what it wrote
+    report = ftlaunch("collect", run_dir, "--markdown")
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "a user script: ftlaunch knows its exit status per node" in report.stdout
+    assert "| node 0 | state done, returncode 0 |" in report.stdout and "| node 1 | state done, returncode 0 |" in report.stdout
+    assert "script-metrics.json" in report.stdout
+    assert json.loads((run_dir / "report.json").read_text())["script"]["manifest"]["sha256"]
 
 
 @pytest.mark.e2e

@@ -48,7 +48,8 @@ def status_lines(runs: list[Path]) -> list[str]:
             lines.append("job    not submitted (dry run)")
         else:
             lines.append(f"state  {local_state(info.run_dir, info.nodes)}")
-        lines.append(f"train  {progress_line(info.run_dir)}")
+        if not (info.run_dir / "script" / "manifest.json").exists():  # a user's script has no checkpoints of ours
+            lines.append(f"train  {progress_line(info.run_dir)}")
         for rank, data in sorted(node_status(info.run_dir).items()):
             lines.append(f"node {rank} {describe_node_status(data)}")
         lines.append(f"logs   ftlaunch logs {shlex.quote(str(info.run_dir))}")

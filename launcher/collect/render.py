@@ -77,6 +77,14 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         shown = ", ".join(f"{k} {v}" for k, v in curves["series"].items())
         rows.append(("curves", f"{curves['path']} ({shown} points)"))
     rows += [("error", e) for e in state["errors"]] + [("note", n) for n in state["notes"]]
+    script = report.get("script")
+    if script:
+        manifest = script.get("manifest") or {}
+        rows.append(("script", f"{manifest.get('source', '?')} (sha256 {str(manifest.get('sha256', '?'))[:12]})"))
+        for node, info in sorted(script["nodes"].items()):
+            rows.append((f"node {node}", ", ".join(f"{k} {v}" for k, v in info.items())))
+        if script["files_written"] or script["tensorboard"]:
+            rows.append(("script wrote", ", ".join(script["files_written"] + script["tensorboard"])))
     return rows
 
 

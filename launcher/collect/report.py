@@ -59,7 +59,8 @@ def state_section(run_dir: Path, plan: dict, results: dict | None, merged: list[
     ranks = status_files(run_dir, "rank")
     rank_words = {r: _state_word(d) for r, d in ranks.items()}
     words = set(nodes.values()) | set(rank_words.values())
-    errors = [f"node {n}: {d['error']}" for n, d in status_files(run_dir, "node").items() if d.get("error")]
+    errors = [d["error"] if str(d["error"]).startswith(f"node {n}") else f"node {n}: {d['error']}"
+              for n, d in status_files(run_dir, "node").items() if d.get("error")]  # fmt: skip
     errors += [f"rank {r}: {d['error']}" for r, d in ranks.items() if d.get("error")]
     if "failed" in words:
         state = "failed"
@@ -74,7 +75,10 @@ def state_section(run_dir: Path, plan: dict, results: dict | None, merged: list[
     else:
         state = sorted(words)[0]
     notes = []
-    if results is None:
+    if plan.get("entrypoint"):
+        notes.append("a user script: ftlaunch knows its exit status per node and its logs, not its metrics "
+                     "(see the script section, logs/node-N.log and any files it wrote)")  # fmt: skip
+    elif results is None:
         notes.append("no results.json: the run has not finished, or ended before its final evaluation")
     world = plan.get("world_size")
     summarised = {r["rank"] for r in by_type(merged, "summary")}
@@ -182,6 +186,27 @@ def checkpoint_section(run_dir: Path) -> dict:
     return {"count": len(steps), "steps": steps, "latest": steps[-1] if steps else None}
 
 
+FTLAUNCH_FILES = {"recipe.yaml", "plan.json", "accelerate.yaml", "deepspeed.json", "sbatch.sh", "env.json", "job.json",
+                  "results.json", "report.json", "report.md", "curves.png", "metrics.jsonl"}  # fmt: skip
+
+
+def script_section(run_dir: Path, plan: dict) -> dict | None:
+    """For a user's own script: what ran (copy + sha256), how each node ended, and what it left behind."""
+    if not plan.get("entrypoint"):
+        return None
+    nodes = {str(n): {k: d.get(k) for k in ("state", "returncode", "exit_code", "rank", "error") if d.get(k) is not None}
+             for n, d in status_files(run_dir, "node").items()}  # fmt: skip
+    written = sorted(str(p.relative_to(run_dir)) for p in run_dir.iterdir() if p.is_file() and p.name not in FTLAUNCH_FILES)
+    tensorboard = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("events.out.tfevents.*"))
+    return {
+        "manifest": read_json(run_dir / "script" / "manifest.json"),
+        "nodes": nodes,
+        "logs": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "logs").glob("*")),
+        "files_written": written,
+        "tensorboard": tensorboard,
+    }
+
+
 def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_margin: float) -> dict:
     plan = read_json(run_dir / "plan.json") or {}
     results = read_json(run_dir / "results.json")
@@ -200,6 +225,7 @@ def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_m
             "collected": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
         "state": state,
+        "script": script_section(run_dir, plan),
         "config": config_section(plan, read_recipe(run_dir), by_type(merged, "setup")),
         "eval": eval_section(merged, results),
         "train": train_section(merged, plan, results),
