@@ -17,7 +17,8 @@ def render_files(
 
     Slurm target: with the recipe (its cluster section: partition, time, container, ...) also the
     batch script, sbatch.sh; `cache_env` is the Hugging Face cache paths the job exports
-    (launcher.submit.prefetch.hf_cache_env(): as resolved on the submitting host)."""
+    (launcher.submit.prefetch.hf_cache_env(): as resolved on the submitting host).
+    DeepSpeed backend: with the recipe (max_grad_norm, offload) also deepspeed.json."""
     files = {
         "plan.json": render_plan_json(plan),
         "accelerate.yaml": render_accelerate_config(plan),
@@ -26,4 +27,8 @@ def render_files(
         from launcher.render.sbatch import SCRIPT_NAME, render_sbatch
 
         files[SCRIPT_NAME] = render_sbatch(plan, recipe, cache_env)
+    if plan.backend == "deepspeed" and recipe is not None:
+        from launcher.render.deepspeed_config import FILE_NAME, render_deepspeed_config
+
+        files[FILE_NAME] = render_deepspeed_config(plan, recipe)
     return files

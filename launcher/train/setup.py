@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
         raise SetupError("train.precision fp16 needs a CUDA GPU; this node has none (use bf16 or no)")
     if plan.backend == "deepspeed":
         check_deepspeed_file(recipe, plan, run_dir)
+        # DeepSpeed 0.19 calls collectives torch 2.13 deprecates: one warning per call, every step, every rank.
+        warnings.filterwarnings(
+            "ignore", r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated", FutureWarning
+        )
     process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=plan.rendezvous.timeout_s))
     if on_cpu and plan.backend == "deepspeed" and plan.world_size > 1:
         process_group.backend = "gloo"  # accelerate would ask DeepSpeed for NCCL/ccl
