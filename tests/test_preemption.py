@@ -179,3 +179,21 @@ def test_slurm_preemption_checkpoints_requeues_and_resumes(slurm_cluster, tmp_pa
         assert steps == list(range(1, TOTAL + 1))
     print(f"preempt -> requeued {requeued - signalled:.1f} s, -> finished {finished - signalled:.1f} s, "
           f"resumed at step {resumed[0]['step']}")
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_two_slurm_nodes_match_one_node_with_the_same_global_batch(slurm_cluster, tmp_path, tiny_model_dir, mrpc_dir,
+                                                                   uninterrupted, capsys, monkeypatch):  # fmt: skip
+    """2 nodes x 1 process on the real cluster (ranks on n1 and n2, gloo over their network) against
+    1 node x 2 processes locally: the same global batch, so the same parameters and metrics."""
+    from test_slurm import submit, wait_final
+
+    monkeypatch.delenv("FTL_PYTHON", raising=False)
+    sets = local_mrpc_overrides(tiny_model_dir, mrpc_dir, tmp_path / "runs", **FIELDS,
+                                **{"cluster.gpus_per_node": 0, "cluster.partition": "debug", "cluster.time": 10})  # fmt: skip
+    job_id, run_dir = submit(capsys, str(MRPC_RECIPE), "--nodes", "2", *sets)
+    assert wait_final(job_id, timeout=600) == "COMPLETED", (run_dir / "logs" / "node-0.log").read_text()[-3000:]
+    hosts = {r["rank"]: r["host"] for r in read_records(run_dir, "setup")}
+    assert hosts == {0: "n1", 1: "n2"} or len(set(hosts.values())) == 1  # netns: own hostnames; multi mode: shared
+    assert final_state(run_dir) == final_state(uninterrupted)
