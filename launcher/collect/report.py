@@ -12,18 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from launcher.jsonfiles import read_json
 from launcher.collect import ranks as rank_stats
 from launcher.collect.records import RecordSet, attempt_of, by_type, resume_steps
 
 FAILED_STATES = ("failed", "error", "killed", "timeout")
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def read_recipe(run_dir: Path) -> dict:

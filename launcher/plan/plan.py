@@ -151,16 +151,7 @@ def make_plan(
     rendezvous = _rendezvous(recipe, target, local_port)
     # Inside a container the image's interpreter runs, not the submitting host's venv.
     python = "python3" if recipe.cluster.container and target == "slurm" else host.python
-    node_command = [python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
-                    "--head", "{head}", "--port", "{port}"]  # fmt: skip
-    launch_command = [
-        python, "-m", "accelerate.commands.launch",
-        "--config_file", f"{run_dir}/accelerate.yaml",
-        "--machine_rank", "{machine_rank}",
-        "--main_process_ip", "{head}",
-        "--main_process_port", "{port}",
-        "-m", "launcher.train", run_dir,
-    ]  # fmt: skip
+    node_command, launch_command = _commands(python, run_dir, ["-m", "launcher.train", run_dir])
     backend = recipe.distributed.backend
     zero_stage = (2 if recipe.distributed.zero_stage is None else recipe.distributed.zero_stage) if backend == "deepspeed" else None
 
@@ -275,16 +266,7 @@ def _script_plan(recipe: Recipe, target: Target, run_dir: str, host: HostFacts, 
     rendezvous = _rendezvous(recipe, target, local_port)
     python = "python3" if cluster.container and target == "slurm" else host.python
     script = script_copy_path(run_dir, entry.script)
-    node_command = [python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
-                    "--head", "{head}", "--port", "{port}"]  # fmt: skip
-    launch_command = [
-        python, "-m", "accelerate.commands.launch",
-        "--config_file", f"{run_dir}/accelerate.yaml",
-        "--machine_rank", "{machine_rank}",
-        "--main_process_ip", "{head}",
-        "--main_process_port", "{port}",
-        script, *entry.args,
-    ]  # fmt: skip
+    node_command, launch_command = _commands(python, run_dir, [script, *entry.args])
     world = cluster.nodes * procs_per_node
     return Plan(
         name=recipe.name,
@@ -319,6 +301,21 @@ def _script_plan(recipe: Recipe, target: Target, run_dir: str, host: HostFacts, 
         notes=notes,
         entrypoint={"script": script, "source": entry.script, "args": list(entry.args)},
     )
+
+
+def _commands(python: str, run_dir: str, program: list[str]) -> tuple[list[str], list[str]]:
+    """(node agent command, accelerate launch command running `program`), with placeholders."""
+    node = [python, "-m", "launcher.run.node", run_dir, "--machine-rank", "{machine_rank}",
+            "--head", "{head}", "--port", "{port}"]  # fmt: skip
+    launch = [
+        python, "-m", "accelerate.commands.launch",
+        "--config_file", f"{run_dir}/accelerate.yaml",
+        "--machine_rank", "{machine_rank}",
+        "--main_process_ip", "{head}",
+        "--main_process_port", "{port}",
+        *program,
+    ]  # fmt: skip
+    return node, launch
 
 
 def _device(recipe: Recipe, target: Target, host: HostFacts) -> Literal["cpu", "cuda"]:

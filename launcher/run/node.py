@@ -91,7 +91,7 @@ def explain_failure(plan: Plan, machine_rank: int, returncode: int) -> str:
 
 
 def write_node_status(plan: Plan, machine_rank: int, **fields) -> None:
-    from launcher.train.status import write_json_atomic
+    from launcher.jsonfiles import write_json_atomic
 
     payload = {"node": machine_rank, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **fields}
     write_json_atomic(node_status_path(plan.run_dir, machine_rank), payload)

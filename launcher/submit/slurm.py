@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from launcher.jsonfiles import read_json  # noqa: F401  (re-exported for callers)
 from launcher.errors import UserError
 
 JOB_FILE = "job.json"
@@ -93,14 +94,6 @@ def write_job_record(run_dir: str | Path, record: dict) -> None:
     tmp = path.with_name(f".{JOB_FILE}.{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def read_job_record(run_dir: str | Path) -> dict | None:

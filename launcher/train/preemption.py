@@ -12,7 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-from launcher.train.status import Stopped, write_json_atomic
+from launcher.jsonfiles import write_json_atomic
+from launcher.train.status import Stopped
 
 REQUEUE_MARKER = "status/requeue"  # the batch script requeues the job when it finds this
 

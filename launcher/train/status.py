@@ -6,13 +6,13 @@ The node agent reads them when its ranks exit, to say which rank failed and why;
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from launcher.jsonfiles import write_json_atomic
 from launcher.train.identity import RankIdentity
 
 
@@ -25,13 +25,6 @@ class Stopped(SystemExit):
 
     def __str__(self) -> str:
         return f"stopped by signal {self.signum}"
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def rank_status_path(run_dir: Path, rank: int) -> Path:
