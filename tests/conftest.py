@@ -28,7 +28,7 @@ def _mrpc_dir() -> Path:
     candidates += [REPO.parent / "shared" / "data" / "glue" / "mrpc", REPO / "data" / "glue" / "mrpc"]
     for candidate in candidates:
         if (candidate / "train.jsonl").is_file():
-            return candidate
+            return candidate.resolve()  # as the recipe loader resolves paths (shared/ may be a symlink)
     raise RuntimeError(f"real MRPC not found in {[str(c) for c in candidates]}: set FTL_MRPC_DIR")
 
 
