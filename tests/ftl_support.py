@@ -74,3 +74,12 @@ def read_records(run_dir: Path, kind: str | None = None) -> list[dict]:
             if kind is None or record["type"] == kind:
                 records.append(record)
     return records
+
+
+def assert_matches_golden(path: Path, text: str) -> None:
+    """Byte-compare rendered text with its golden file; FTL_UPDATE_GOLDENS=1 rewrites the file first."""
+    if os.environ.get("FTL_UPDATE_GOLDENS") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("utf-8"))
+    assert path.is_file(), f"{path} missing: run FTL_UPDATE_GOLDENS=1 python -m pytest"
+    assert text.encode("utf-8") == path.read_bytes(), f"{path} differs (FTL_UPDATE_GOLDENS=1 to accept)"

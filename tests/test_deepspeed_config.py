@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from ftl_support import assert_matches_golden
 
 from ftl_support import MRPC_RECIPE, REPO, ftlaunch, local_mrpc_overrides, only_run_dir
 from launcher.plan import HostFacts, make_plan
@@ -34,7 +35,6 @@ from launcher.render.deepspeed_config import (
 )
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "deepspeed"
-UPDATE = os.environ.get("FTL_UPDATE_GOLDENS") == "1"
 RUN_DIR = "/runs/example"
 HOST = HostFacts(gpus=0, python="/venv/bin/python")
 MRPC_ROWS = {"train": 3668, "validation": 408}
@@ -87,13 +87,7 @@ def _config(case: str) -> dict:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case: str):
-    content = render_deepspeed_config(_plan(case), CASES[case][0])
-    golden = GOLDEN / f"{case}.json"
-    if UPDATE:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_bytes(content.encode("utf-8"))
-    assert golden.is_file(), f"{golden} missing: run FTL_UPDATE_GOLDENS=1 python -m pytest {__file__}"
-    assert content.encode("utf-8") == golden.read_bytes(), f"{golden} differs (FTL_UPDATE_GOLDENS=1 to accept)"
+    assert_matches_golden(GOLDEN / f"{case}.json", render_deepspeed_config(_plan(case), CASES[case][0]))
 
 
 def test_no_stray_goldens():

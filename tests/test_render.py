@@ -15,10 +15,11 @@ Every rendered accelerate.yaml is also read back with accelerate's own loader, w
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+
+from ftl_support import assert_matches_golden
 import yaml
 
 from launcher.plan import HostFacts, Plan, make_plan
@@ -26,7 +27,6 @@ from launcher.recipe.schema import Recipe
 from launcher.render import render_files
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-UPDATE = os.environ.get("FTL_UPDATE_GOLDENS") == "1"
 RUN_DIR = "/runs/example"
 HOST = HostFacts(gpus=0, python="/venv/bin/python")
 LOCAL_PORT = 29400
@@ -107,13 +107,7 @@ def _rendered(case: str) -> dict[str, str]:
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", ["accelerate.yaml", "plan.json"])
 def test_golden(case: str, name: str):
-    content = _rendered(case)[name]
-    golden = GOLDEN / case / name
-    if UPDATE:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_bytes(content.encode("utf-8"))
-    assert golden.is_file(), f"{golden} missing: run FTL_UPDATE_GOLDENS=1 python -m pytest {__file__}"
-    assert content.encode("utf-8") == golden.read_bytes(), f"{golden} differs (FTL_UPDATE_GOLDENS=1 to accept)"
+    assert_matches_golden(GOLDEN / case / name, _rendered(case)[name])
 
 
 def test_no_stray_goldens():

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from ftl_support import assert_matches_golden
 from slurm_fixture import shellcheck_path
 
 from launcher import __version__
@@ -97,13 +99,7 @@ def normalized(text: str) -> str:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(case):
-    text = normalized(render_case(case))
-    path = GOLDEN / f"{case}.sh"
-    if os.environ.get("FTL_UPDATE_GOLDENS"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.is_file(), f"missing golden file {path}: run with FTL_UPDATE_GOLDENS=1"
-    assert text == path.read_text(), f"{case}: rendered sbatch differs from {path} (FTL_UPDATE_GOLDENS=1 to accept)"
+    assert_matches_golden(GOLDEN / f"{case}.sh", normalized(render_case(case)))
 
 
 @pytest.mark.parametrize("case", CASES)
