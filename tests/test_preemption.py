@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from ftl_support import MRPC_RECIPE, REPO, ftlaunch, local_mrpc_overrides, only_run_dir, read_records
-from launcher.train.checkpoint import ResumeError, check_resumable, latest_valid, recipe_fingerprint, verify
+from launcher.rundir.checkpoints import latest_valid, verify
+from launcher.train.checkpoint import ResumeError, check_resumable, recipe_fingerprint
 
 # 96 rows, batch 4 x 2 processes: 12 steps per epoch, 2 epochs = 24 steps; a checkpoint every 5.
 FIELDS = {"data.max_train_samples": 96, "train.max_steps": "null", "train.epochs": 2,

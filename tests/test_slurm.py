@@ -21,7 +21,8 @@ import pytest
 
 from launcher.cli.main import main
 from launcher.plan import port_for_job
-from launcher.submit.slurm import StateReport, _from_sacct, job_states, run_info
+from launcher.rundir.info import run_info
+from launcher.submit.slurm import StateReport, _from_sacct, job_states
 
 pytestmark = pytest.mark.slurm
 

@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.submit.slurm import cancel_job, job_states, read_job_record, resolve_run
+    from launcher.rundir.find import resolve_run
+    from launcher.rundir.jobs import read_job_record
+    from launcher.submit.slurm import cancel_job, job_states
 
     target = resolve_run(args.run_name, args.output_dir)
     record = read_job_record(target)

@@ -48,10 +48,15 @@ def run(args: argparse.Namespace) -> int:
 
     from launcher.collect import collect_run
     from launcher.collect.compare import compare_markdown, compare_table
-    from launcher.collect.locate import resolve_all
+    from launcher.rundir.find import expand, resolve_run
     from launcher.collect.render import markdown, rich_tables
 
-    runs = resolve_all(args.runs, args.output_dir)
+    runs: list = []
+    for arg in args.runs or [None]:  # no RUN: the newest run
+        target = resolve_run(arg, args.output_dir, allow_group=True)
+        runs += [run for run in expand(target) if run.resolve() not in {r.resolve() for r in runs}]
+    if not runs:
+        raise UserError(f"{args.runs[0]}: not an ftlaunch run dir (no plan.json) and no run dirs inside it")
     if args.export and len(runs) != 1:
         raise UserError(f"--export {args.export}: give exactly one run to export (got {len(runs)})")
     write = not args.no_write

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.submit.slurm import is_sweep_dir, resolve_run, sweep_runs
+    from launcher.rundir.find import is_sweep_dir, resolve_run, sweep_runs
 
     run_dir = resolve_run(args.run_name, args.output_dir)
     if is_sweep_dir(run_dir):
@@ -73,10 +73,14 @@ def log_files(run_dir: Path, node: int | None = None) -> list[Path]:
 def _done_check(run_dir: Path):
     """A function telling whether the run is over: its Slurm job in a final state (or unknown to
     Slurm), or for runs without a job, every node's status file written."""
-    from launcher.submit.slurm import job_states, nodes_finished, read_job_record, read_json
+    from launcher.rundir.durable import read_json
+    from launcher.rundir.jobs import read_job_record
+    from launcher.rundir.layout import PLAN_FILE
+    from launcher.rundir.status import nodes_finished
+    from launcher.submit.slurm import job_states
 
     record = read_job_record(run_dir)
-    plan = read_json(run_dir / "plan.json") or {}
+    plan = read_json(run_dir / PLAN_FILE) or {}
     last = {"t": 0.0, "done": False}
 
     def done() -> bool:

@@ -16,7 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.submit.slurm import created_at, iter_runs, local_state, run_info, run_states
+    from launcher.rundir.find import created_at, iter_runs
+    from launcher.rundir.info import run_info
+    from launcher.rundir.status import nodes_state
+    from launcher.submit.slurm import run_states
 
     runs = iter_runs(args.output_dir)
     if args.limit:
@@ -29,11 +32,11 @@ def run(args: argparse.Namespace) -> int:
     rows = [("RUN", "CREATED", "TARGET", "NODES", "JOB", "STATE", "POINT")]
     for info in infos:
         if info.job_id:
-            state = report.states[info.job_id].state or local_state(info.run_dir, info.nodes)
+            state = report.states[info.job_id].state or nodes_state(info.run_dir, info.nodes)
         elif info.target == "slurm":
             state = "not submitted"
         else:
-            state = local_state(info.run_dir, info.nodes)
+            state = nodes_state(info.run_dir, info.nodes)
         in_sweep = info.run_dir.parent.resolve() != Path(args.output_dir).resolve()
         name = f"{info.run_dir.parent.name}/{info.run_dir.name}" if in_sweep else info.run_dir.name
         rows.append((

@@ -17,10 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.submit.slurm import is_sweep_dir, resolve_run, sweep_runs
+    from launcher.rundir.find import expand, is_sweep_dir, resolve_run
 
     target = resolve_run(args.run_name, args.output_dir)
-    runs = sweep_runs(target) if is_sweep_dir(target) else [target]
+    runs = expand(target)
     if is_sweep_dir(target):
         print(f"sweep  {target}  ({len(runs)} runs)")
     for line in status_lines(runs):
@@ -29,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def status_lines(runs: list[Path]) -> list[str]:
-    from launcher.submit.slurm import describe_node_status, local_state, node_status, run_info, run_states
+    from launcher.rundir import status
+    from launcher.rundir.info import run_info
+    from launcher.submit.slurm import run_states
 
     infos = [run_info(r) for r in runs]
     report = run_states(infos)
@@ -43,15 +45,15 @@ def status_lines(runs: list[Path]) -> list[str]:
             source = f"  [{state.source}]" if state.source else ""
             lines.append(f"job    {info.job_id}: {state.describe()}{source}")
             if state.state is None:
-                lines.append(f"files  {local_state(info.run_dir, info.nodes)}")
+                lines.append(f"files  {status.nodes_state(info.run_dir, info.nodes)}")
         elif info.target == "slurm":
             lines.append("job    not submitted (dry run)")
         else:
-            lines.append(f"state  {local_state(info.run_dir, info.nodes)}")
+            lines.append(f"state  {status.nodes_state(info.run_dir, info.nodes)}")
         if not (info.run_dir / "script" / "manifest.json").exists():  # a user's script has no checkpoints of ours
             lines.append(f"train  {progress_line(info.run_dir)}")
-        for rank, data in sorted(node_status(info.run_dir).items()):
-            lines.append(f"node {rank} {describe_node_status(data)}")
+        for node, data in status.read_statuses(info.run_dir, "node").items():
+            lines.append(f"node {node} {status.describe(data)}")
         lines.append(f"logs   ftlaunch logs {shlex.quote(str(info.run_dir))}")
     lines += [f"note   {note}" for note in report.notes]
     return lines
@@ -59,8 +61,8 @@ def status_lines(runs: list[Path]) -> list[str]:
 
 def progress_line(run_dir: Path) -> str:
     """Restarts (requeues and --resume) and the newest complete checkpoint."""
+    from launcher.rundir.checkpoints import last_checkpoint_step
     from launcher.submit.resume import next_attempt
-    from launcher.train.checkpoint import last_checkpoint_step
 
     restarts = max(next_attempt(run_dir) - 1, 0)
     step = last_checkpoint_step(run_dir)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 from pathlib import Path
 
 from launcher.cli.options import add_override_arguments, overrides_from
@@ -99,17 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
         require_command("sbatch")  # before anything is written
     prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv)
-    if target == "slurm":
-        from launcher.render.sbatch import SCRIPT_NAME, render_sbatch
-        from launcher.submit.prefetch import hf_cache_env
-
-        prepared.files[SCRIPT_NAME] = render_sbatch(prepared.plan, prepared.recipe, hf_cache_env())
-        if not args.dry_run and not args.no_check:
-            _check_offline([prepared.recipe], args.recipe)
+    if target == "slurm" and not args.dry_run and not args.no_check:
+        _check_offline([prepared.recipe], args.recipe)
     write_prepared(prepared)
-    if target == "slurm":
-        for sub in ("logs", "status"):  # sbatch/srun open their log files there: the dir must exist
-            (prepared.run_dir / sub).mkdir(exist_ok=True)
     if args.dry_run:
         print_plan(prepared.plan, console)
         print_files({k: v for k, v in prepared.files.items() if k != "env.json" and isinstance(v, str)}, console)
@@ -126,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace, overrides, console) -> int:
+    from launcher.rundir.find import resolve_run
     from launcher.submit.resume import resumable_plan
-    from launcher.submit.slurm import resolve_run
 
     if args.recipe or overrides or args.sweep or args.dry_run:
         raise UserError("--resume RUN continues that run as planned: no recipe, --set, --nodes, --sweep or --dry-run")
@@ -138,12 +129,15 @@ def _resume(args: argparse.Namespace, overrides, console) -> int:
         from launcher.submit.local import run_local
 
         return run_local(plan, console, attempt_base=attempt)
-    from launcher.submit.slurm import job_record, submit_script, write_job_record
+    from launcher.render.sbatch import SCRIPT_NAME
+    from launcher.rundir.jobs import slurm_job_record, write_job_record
+    from launcher.submit.slurm import submit_script
 
-    os.environ["FTL_ATTEMPT_BASE"] = str(attempt)  # reaches the job through sbatch's --export=ALL
-    script = run_dir / "sbatch.sh"
-    submitted = submit_script(script)
-    write_job_record(run_dir, job_record(submitted, script, resumed_from_step=step, attempt=attempt))
+    script = run_dir / SCRIPT_NAME
+    submitted = submit_script(script, extra_env={"FTL_ATTEMPT_BASE": str(attempt)})
+    record = slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, script,
+                              resumed_from_step=step, attempt=attempt)  # fmt: skip
+    write_job_record(run_dir, record)
     console.print(f"submitted Slurm job {submitted.job_id}: {_display(run_dir)}", markup=False, highlight=False)
     _follow_hint(run_dir, console)
     return 0
@@ -197,11 +191,13 @@ def _follow_hint(run: Path, console) -> None:
 
 def _submit_one(prepared, console) -> int:
     from launcher.cli.display import print_plan
-    from launcher.submit.slurm import job_record, submit_script, write_job_record
+    from launcher.render.sbatch import SCRIPT_NAME
+    from launcher.rundir.jobs import slurm_job_record, write_job_record
+    from launcher.submit.slurm import submit_script
 
-    script = prepared.run_dir / "sbatch.sh"
+    script = prepared.run_dir / SCRIPT_NAME
     submitted = submit_script(script)
-    write_job_record(prepared.run_dir, job_record(submitted, script))
+    write_job_record(prepared.run_dir, slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, script))
     print_plan(prepared.plan, console)
     console.print(
         f"submitted Slurm job {submitted.job_id} ({prepared.plan.nodes} node(s)): {_display(prepared.run_dir)}",
@@ -213,15 +209,15 @@ def _submit_one(prepared, console) -> int:
 
 def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
     from launcher.cli.display import print_files, print_plan
+    from launcher.rundir.jobs import array_task_id, slurm_job_record, write_job_record
     from launcher.submit.hostfacts import host_facts
-    from launcher.submit.prefetch import hf_cache_env
-    from launcher.submit.slurm import job_record, require_command, submit_script, write_job_record
+    from launcher.submit.slurm import require_command, submit_script
     from launcher.submit.sweep import parse_sweep, prepare_sweep, write_sweep
 
     axes = [parse_sweep(text) for text in args.sweep]
     if not args.dry_run:
         require_command("sbatch")
-    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv, hf_cache_env())
+    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv)
     if not args.dry_run and not args.no_check:
         _check_offline([run.recipe for run in sweep.runs], args.recipe)
     write_sweep(sweep)
@@ -238,18 +234,14 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
     submitted = submit_script(sweep.script)
     runs = []
     for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
-        record = job_record(
-            submitted,
-            sweep.script,
-            array_job_id=submitted.job_id,
-            array_index=index,
-            sweep_dir=str(sweep.sweep_dir),
-            point=point,
-        )
-        record["job_id"] = f"{submitted.job_id}_{index}"
+        record = slurm_job_record(
+            array_task_id(submitted.job_id, index), submitted.cluster, submitted.command, sweep.script,
+            array_job_id=submitted.job_id, array_index=index, sweep_dir=str(sweep.sweep_dir), point=point,
+        )  # fmt: skip
         write_job_record(run.run_dir, record)
         runs.append(str(run.run_dir))
-    write_job_record(sweep.sweep_dir, job_record(submitted, sweep.script, array=True, runs=runs))
+    array = slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, sweep.script, array=True, runs=runs)
+    write_job_record(sweep.sweep_dir, array)
     console.print(
         f"submitted Slurm job array {submitted.job_id} ({len(sweep.runs)} tasks): {_display(sweep.sweep_dir)}",
         markup=False, highlight=False, soft_wrap=True,

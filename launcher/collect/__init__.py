@@ -10,20 +10,20 @@ no duplicates across restarts). `ftlaunch collect` is the same, by hand, with a 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from launcher import faults
 from launcher.collect import curves
-from launcher.collect.locate import is_run_dir
 from launcher.collect.ranks import DEFAULT_STRAGGLER_MARGIN
 from launcher.collect.records import merge, read_records, to_jsonl
 from launcher.collect.render import markdown
 from launcher.collect.report import build_report
 from launcher.errors import UserError
+from launcher.rundir.durable import write_durable
+from launcher.rundir.find import is_run_dir
+from launcher.rundir.layout import PLAN_FILE
 
-REPORT_FILES = ("report.json", "report.md", "curves.png", "metrics.jsonl")
-
-__all__ = ["REPORT_FILES", "collect_run", "make_report"]
+__all__ = ["collect_run", "make_report"]
 
 
 def make_report(
@@ -32,7 +32,7 @@ def make_report(
     """(report, merged records, curves PNG) for a run dir; writes nothing."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
-        raise UserError(f"{run_dir}: not an ftlaunch run dir (no plan.json)")
+        raise UserError(f"{run_dir}: not an ftlaunch run dir (no {PLAN_FILE})")
     read = read_records(run_dir)
     merged = merge(read.records)
     report = build_report(run_dir, read, merged, straggler_margin)
@@ -47,15 +47,6 @@ def make_report(
     return report, merged, png
 
 
-def write_atomic(path: Path, content: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if isinstance(content, bytes):
-        tmp.write_bytes(content)
-    else:
-        tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def collect_run(
     run_dir: str | Path,
     quiet: bool = True,
@@ -68,10 +59,11 @@ def collect_run(
     run_dir = Path(run_dir)
     report, merged, png = make_report(run_dir, straggler_margin)
     if write:
-        write_atomic(run_dir / "metrics.jsonl", to_jsonl(merged))
-        write_atomic(run_dir / "curves.png", png)
-        write_atomic(run_dir / "report.md", markdown(report))
-        write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        write_durable(run_dir / "metrics.jsonl", to_jsonl(merged))
+        faults.reach("report.writing")
+        write_durable(run_dir / "curves.png", png)
+        write_durable(run_dir / "report.md", markdown(report))
+        write_durable(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     if not quiet:
         from rich.console import Console
 

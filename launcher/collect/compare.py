@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from launcher.collect.render import md_table, num, rate
-from launcher.collect.report import metric_mode
+from launcher.recipe.schema import metric_goal
 
 
 def _get(report: dict, *path):
@@ -37,9 +37,9 @@ def row_specs(reports: list[dict]) -> list[tuple[str, object, str | None, object
     names = sorted({n for r in reports for n in ((_get(r, "eval", "final", "metrics") or {}).keys())})
     best_names = sorted({n for r in reports for n in (_get(r, "eval", "best") or {})})
     for n in names:
-        specs.append((f"final {n}", lambda r, n=n: _get(r, "eval", "final", "metrics", n), metric_mode(n), num))
+        specs.append((f"final {n}", lambda r, n=n: _get(r, "eval", "final", "metrics", n), metric_goal(n), num))
     for n in best_names:
-        specs.append((f"best {n}", lambda r, n=n: _get(r, "eval", "best", n, "value"), metric_mode(n), num))
+        specs.append((f"best {n}", lambda r, n=n: _get(r, "eval", "best", n, "value"), metric_goal(n), num))
     specs += [
         ("samples/s", lambda r: r["throughput"]["samples_per_s"], "max", rate),
         ("tokens/s", lambda r: r["throughput"]["tokens_per_s"], "max", rate),

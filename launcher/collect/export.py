@@ -17,27 +17,18 @@ CHOICES = ("latest", "best", "final")
 
 
 def choose_checkpoint(run_dir: Path, which: str, metric: str | None) -> tuple[Path, dict]:
-    import warnings
+    from launcher.recipe.schema import metric_goal
+    from launcher.rundir.checkpoints import best_of, complete_checkpoints
 
-    from launcher.train.checkpoint import checkpoint_dirs, verify
-
-    complete = []
-    for checkpoint in checkpoint_dirs(run_dir):
-        manifest, problem = verify(checkpoint)
-        if manifest is None:
-            warnings.warn(f"skipping checkpoint {checkpoint.name}: {problem}", stacklevel=2)
-        else:
-            complete.append((checkpoint, manifest))
+    complete = complete_checkpoints(run_dir)
     if not complete:
         raise UserError(f"{run_dir}: no complete checkpoint to export (use --from final for the final model)")
     if which == "latest":
         return complete[-1]
-    scored = [(c, m) for c, m in complete if metric in (m.get("metrics") or {})]
-    if not scored:
+    best = best_of(complete, metric, metric_goal(metric))
+    if best is None:
         raise UserError(f"{run_dir}: no checkpoint was written right after an evaluation of {metric}")
-    lower_is_better = metric.endswith(("_loss", "_mse"))
-    pick = min if lower_is_better else max
-    return pick(scored, key=lambda cm: cm[1]["metrics"][metric])
+    return best
 
 
 def checkpoint_state_dict(state_dir: Path) -> dict:
@@ -71,7 +62,7 @@ def export_model(run_dir: Path, out_dir: Path, which: str = "latest", metric: st
         from launcher.recipe import load_resolved
 
         recipe = load_resolved(run_dir / "recipe.yaml")
-        metric = metric or f"{recipe.data.eval_split}_{recipe.metrics[0]}"
+        metric = metric or recipe.selection_metric
         checkpoint, manifest = choose_checkpoint(run_dir, which, metric)
         hf = checkpoint / "hf"
         if not (hf / "config.json").is_file():

@@ -6,17 +6,18 @@ sync, stragglers, nodes, ranks, checkpoints, records. Every value is plain JSON.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import yaml
 
-from launcher.jsonfiles import read_json
 from launcher.collect import ranks as rank_stats
 from launcher.collect.records import RecordSet, attempt_of, by_type, resume_steps
-
-FAILED_STATES = ("failed", "error", "killed", "timeout")
+from launcher.recipe.schema import metric_goal
+from launcher.rundir.checkpoints import checkpoint_dirs, read_manifest
+from launcher.rundir.durable import read_json
+from launcher.rundir.layout import JOB_FILE, PLAN_FILE, RESULTS_FILE
+from launcher.rundir.status import read_statuses, state_word
 
 
 def read_recipe(run_dir: Path) -> dict:
@@ -28,32 +29,14 @@ def read_recipe(run_dir: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def status_files(run_dir: Path, kind: str) -> dict[int, dict]:
-    found = {}
-    for path in (run_dir / "status").glob(f"{kind}-*.json"):
-        index = path.stem.removeprefix(f"{kind}-")
-        data = read_json(path)
-        if index.isdigit() and data is not None:
-            found[int(index)] = data
-    return dict(sorted(found.items()))
-
-
-def _state_word(data: dict) -> str:
-    code = data.get("exit_code", data.get("returncode"))
-    if isinstance(code, int) and code != 0:
-        return "failed"
-    word = str(data.get("state", "unknown")).lower()
-    return "failed" if word in FAILED_STATES else word
-
-
 def state_section(run_dir: Path, plan: dict, results: dict | None, merged: list[dict]) -> dict:
     """done | failed | stopped | running | unknown, from the status files and results.json."""
-    nodes = {n: _state_word(d) for n, d in status_files(run_dir, "node").items()}
-    ranks = status_files(run_dir, "rank")
-    rank_words = {r: _state_word(d) for r, d in ranks.items()}
+    nodes = {n: state_word(d) for n, d in read_statuses(run_dir, "node").items()}
+    ranks = read_statuses(run_dir, "rank")
+    rank_words = {r: state_word(d) for r, d in ranks.items()}
     words = set(nodes.values()) | set(rank_words.values())
     errors = [d["error"] if str(d["error"]).startswith(f"node {n}") else f"node {n}: {d['error']}"
-              for n, d in status_files(run_dir, "node").items() if d.get("error")]  # fmt: skip
+              for n, d in read_statuses(run_dir, "node").items() if d.get("error")]  # fmt: skip
     errors += [f"rank {r}: {d['error']}" for r, d in ranks.items() if d.get("error")]
     if "failed" in words:
         state = "failed"
@@ -88,10 +71,6 @@ def state_section(run_dir: Path, plan: dict, results: dict | None, merged: list[
     }
 
 
-def metric_mode(name: str) -> str:
-    return "min" if "loss" in name.lower() else "max"
-
-
 def eval_section(merged: list[dict], results: dict | None) -> dict:
     """Final and best eval metrics (named split_metric), from the lowest rank that logged evals
     (every rank logs the same gathered metrics); results.json's final eval when no records have one."""
@@ -112,7 +91,7 @@ def eval_section(merged: list[dict], results: dict | None) -> dict:
         scored = [(h["metrics"][name], h) for h in history if isinstance(h["metrics"].get(name), (int, float))]
         if not scored:
             continue
-        mode = metric_mode(name)
+        mode = metric_goal(name)
         value, where = (min if mode == "min" else max)(scored, key=lambda item: item[0])
         best[name] = {"value": value, "step": where["step"], "epoch": where["epoch"], "mode": mode}
     return {"final": final, "best": best, "rows": final.get("rows"), "count": len(history), "history": history}
@@ -174,7 +153,7 @@ def config_section(plan: dict, recipe: dict, setups: list[dict]) -> dict:
 
 
 def checkpoint_section(run_dir: Path) -> dict:
-    manifests = [read_json(p) for p in sorted((run_dir / "checkpoints").glob("step-*/manifest.json"))]
+    manifests = [read_manifest(checkpoint)[0] for checkpoint in checkpoint_dirs(run_dir)]
     steps = sorted(m["step"] for m in manifests if m and isinstance(m.get("step"), int))
     return {"count": len(steps), "steps": steps, "latest": steps[-1] if steps else None}
 
@@ -188,7 +167,7 @@ def script_section(run_dir: Path, plan: dict) -> dict | None:
     if not plan.get("entrypoint"):
         return None
     nodes = {str(n): {k: d.get(k) for k in ("state", "returncode", "exit_code", "rank", "error") if d.get(k) is not None}
-             for n, d in status_files(run_dir, "node").items()}  # fmt: skip
+             for n, d in read_statuses(run_dir, "node").items()}  # fmt: skip
     written = sorted(str(p.relative_to(run_dir)) for p in run_dir.iterdir() if p.is_file() and p.name not in FTLAUNCH_FILES)
     tensorboard = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("events.out.tfevents.*"))
     return {
@@ -201,9 +180,9 @@ def script_section(run_dir: Path, plan: dict) -> dict | None:
 
 
 def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_margin: float) -> dict:
-    plan = read_json(run_dir / "plan.json") or {}
-    results = read_json(run_dir / "results.json")
-    job = read_json(run_dir / "job.json") or {}
+    plan = read_json(run_dir / PLAN_FILE) or {}
+    results = read_json(run_dir / RESULTS_FILE)
+    job = read_json(run_dir / JOB_FILE) or {}
     ranks, stragglers = rank_stats.rank_summaries(merged, straggler_margin)
     nodes = rank_stats.node_summaries(ranks)
     attempts = sorted({attempt_of(r) for r in read.records})

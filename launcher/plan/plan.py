@@ -8,11 +8,11 @@ what the dry run prints is what runs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from launcher.errors import UserError
+from launcher.plan.steps import Schedule, micro_batches_per_epoch, schedule
 from launcher.recipe.schema import Recipe
 
 Target = Literal["local", "slurm"]
@@ -88,6 +88,10 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(*(getattr(self, name) for name in Schedule.__dataclass_fields__))
+
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
         data = dict(data)
@@ -115,78 +119,126 @@ def make_plan(
     local_port: int | None = None,
 ) -> Plan:
     """Recipe + where it runs -> Plan. Raises UserError for combinations that cannot run."""
-    if recipe.entrypoint is not None:
-        return _script_plan(recipe, target, run_dir, host, local_port)
-    cluster, train, data = recipe.cluster, recipe.train, recipe.data
-    assert data is not None  # the schema requires it without an entrypoint
-    split_rows = split_rows or {}
+    cluster, train = recipe.cluster, recipe.train
     notes: list[str] = []
-
     device, procs_per_node = _placement(recipe, target, host, notes)
     world = cluster.nodes * procs_per_node
-    per_device = train.per_device_batch_size
-    accumulation = train.gradient_accumulation_steps
-    train_rows = split_rows.get(data.train_split)
-    eval_rows = split_rows.get(data.eval_split) if data.eval_split else None
-
-    micro_batches = steps_per_epoch = epochs = total = warmup = None
-    if train_rows is not None:
-        if train_rows == 0:
-            raise UserError(f"data.files.{data.train_split}: the training split is empty")
-        # Every process sees ceil(rows / world) rows (accelerate pads the last shard), batched per device;
-        # a trailing partial accumulation window still ends with an optimizer step.
-        micro_batches = math.ceil(math.ceil(train_rows / world) / per_device)
-        steps_per_epoch = math.ceil(micro_batches / accumulation)
-    if train.max_steps:
-        total = train.max_steps
-        epochs = math.ceil(total / steps_per_epoch) if steps_per_epoch else None
-    elif steps_per_epoch is not None:
-        epochs = train.epochs
-        total = steps_per_epoch * epochs
-    if total is not None:
-        warmup = train.warmup_steps or math.ceil(train.warmup_ratio * total)
-    if train.save_strategy == "steps" and total is not None and train.save_steps and train.save_steps > total:
-        notes.append(f"save_steps {train.save_steps} > total steps {total}: only the final model is saved")
-
-    rendezvous = _rendezvous(recipe, target, local_port)
-    # Inside a container the image's interpreter runs, not the submitting host's venv.
-    python = "python3" if recipe.cluster.container and target == "slurm" else host.python
-    node_command, launch_command = _commands(python, run_dir, ["-m", "launcher.train", run_dir])
-    backend = recipe.distributed.backend
-    zero_stage = (2 if recipe.distributed.zero_stage is None else recipe.distributed.zero_stage) if backend == "deepspeed" else None
-
+    python = _interpreter(recipe, target, host)
+    if recipe.entrypoint is None:
+        work = _trainer_work(recipe, world, split_rows or {}, notes)
+        program = ["-m", "launcher.train", run_dir]
+    else:
+        work = _script_work(recipe, run_dir, device, notes)
+        program = [work["entrypoint"]["script"], *recipe.entrypoint.args]
+    node_command, launch_command = _commands(python, run_dir, program)
+    per_device = work.pop("per_device_batch_size")
     return Plan(
         name=recipe.name,
         target=target,
         run_dir=run_dir,
-        device=device,
+        device=device,  # type: ignore[arg-type]  # "cpu" | "cuda"
         nodes=cluster.nodes,
         procs_per_node=procs_per_node,
         world_size=world,
         gpus_per_node=cluster.gpus_per_node if device == "cuda" else 0,
         per_device_batch_size=per_device,
-        eval_batch_size=train.eval_batch_size or 2 * per_device,
-        gradient_accumulation_steps=accumulation,
-        effective_batch_size=per_device * accumulation * world,
-        train_rows=train_rows,
-        eval_rows=eval_rows,
-        micro_batches_per_epoch=micro_batches,
-        steps_per_epoch=steps_per_epoch,
-        epochs=epochs,
-        total_steps=total,
-        warmup_steps=warmup,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        effective_batch_size=per_device * train.gradient_accumulation_steps * world if per_device else None,
         precision=train.precision,
-        padding=data.padding,
-        max_length=data.max_length,
-        pad_to_multiple_of=data.pad_to_multiple_of,
-        backend=backend,
-        zero_stage=zero_stage,
-        rendezvous=rendezvous,
+        backend=recipe.distributed.backend,
+        zero_stage=recipe.distributed.stage,
+        rendezvous=_rendezvous(recipe, target, local_port),
         python=python,
         node_command=node_command,
         launch_command=launch_command,
         notes=notes,
+        **work,
     )
+
+
+def _trainer_work(recipe: Recipe, world: int, split_rows: dict[str, int], notes: list[str]) -> dict:
+    """What the built-in trainer will do: batches, data rows, steps, padding."""
+    train, data = recipe.train, recipe.data
+    assert data is not None  # the schema requires it without an entrypoint
+    train_rows = split_rows.get(data.train_split)
+    eval_rows = split_rows.get(data.eval_split) if data.eval_split else None
+    if train_rows == 0:
+        raise UserError(f"data.files.{data.train_split}: the training split is empty")
+    micro = micro_batches_per_epoch(train_rows, world, train.per_device_batch_size) if train_rows else None
+    steps = schedule(micro, train.gradient_accumulation_steps, train)
+    if train.save_strategy == "steps" and steps.total_steps and train.save_steps and train.save_steps > steps.total_steps:
+        notes.append(f"save_steps {train.save_steps} > total steps {steps.total_steps}: only the final model is saved")
+    return {
+        "per_device_batch_size": train.per_device_batch_size,
+        "eval_batch_size": train.eval_batch_size or 2 * train.per_device_batch_size,
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        **asdict(steps),
+        "padding": data.padding,
+        "max_length": data.max_length,
+        "pad_to_multiple_of": data.pad_to_multiple_of,
+    }
+
+
+SCRIPT_DIR = "script"  # RUN/script/NAME.py: the copy of the user's script that every node runs
+
+# The train fields a script run uses (the others only the built-in trainer reads; a script run lists
+# the ones the recipe sets as unused). DeepSpeed's JSON also takes the batch size and clipping.
+_SCRIPT_USES_TRAIN = ("precision", "gradient_accumulation_steps")
+_SCRIPT_USES_TRAIN_DEEPSPEED = (*_SCRIPT_USES_TRAIN, "per_device_batch_size", "max_grad_norm")
+
+
+def script_copy_path(run_dir: str, source: str) -> str:
+    return f"{run_dir}/{SCRIPT_DIR}/{source.rsplit('/', 1)[-1]}"
+
+
+def _script_work(recipe: Recipe, run_dir: str, device: str, notes: list[str]) -> dict:
+    """The user's own script: `accelerate launch` runs the run dir's copy of it instead of
+    launcher.train; what only the script knows (batch size, data rows, steps, padding) stays None."""
+    entry, train = recipe.entrypoint, recipe.train
+    assert entry is not None
+    deepspeed = recipe.distributed.backend == "deepspeed"
+    used = _SCRIPT_USES_TRAIN_DEEPSPEED if deepspeed else _SCRIPT_USES_TRAIN
+    unused = [name for name in ("model", "data") if getattr(recipe, name) is not None]
+    unused += ["metrics"] if "metrics" in recipe.model_fields_set else []
+    unused += [f"train.{name}" for name in sorted(train.model_fields_set) if name not in used]
+    if "timeout_s" in recipe.distributed.model_fields_set:
+        unused.append("distributed.timeout_s (pass InitProcessGroupKwargs(timeout=...) to Accelerator)")
+    if unused:
+        notes.append("not used by your script (the built-in trainer's settings): " + ", ".join(unused))
+    if train.gradient_accumulation_steps > 1:
+        notes.append(
+            f"gradient accumulation {train.gradient_accumulation_steps}: ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
+            "read by Accelerator(); it applies where the script uses accelerator.accumulate(model)"
+        )
+    per_device = None  # the script's own DataLoader decides
+    if deepspeed:
+        per_device = train.per_device_batch_size
+        notes.append(
+            f"DeepSpeed: train.per_device_batch_size ({per_device}) and train.max_grad_norm go into deepspeed.json; "
+            "give your DataLoader the same batch size"
+        )
+        if device == "cpu":
+            notes.append(
+                "DeepSpeed on CPU: your script needs Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend='gloo')])"
+            )
+    script = script_copy_path(run_dir, entry.script)
+    return {
+        **_ONLY_THE_SCRIPT_KNOWS,
+        "per_device_batch_size": per_device,
+        "entrypoint": {"script": script, "source": entry.script, "args": list(entry.args)},
+    }
+
+
+_ONLY_THE_SCRIPT_KNOWS = dict.fromkeys(
+    ("eval_batch_size", "train_rows", "eval_rows", "micro_batches_per_epoch", "steps_per_epoch", "epochs",
+     "total_steps", "warmup_steps", "padding", "max_length", "pad_to_multiple_of")
+)  # fmt: skip
+
+
+def _interpreter(recipe: Recipe, target: Target, host: HostFacts) -> str:
+    """Inside a container the image's interpreter runs, not the submitting host's venv."""
+    return "python3" if recipe.cluster.container and target == "slurm" else host.python
 
 
 def _placement(recipe: Recipe, target: Target, host: HostFacts, notes: list[str]) -> tuple[str, int]:
@@ -215,92 +267,6 @@ def _placement(recipe: Recipe, target: Target, host: HostFacts, notes: list[str]
     if target == "local" and device == "cpu" and cluster.gpus_per_node:
         notes.append("no CUDA GPU on this host: running on CPU (gloo)")
     return device, procs_per_node
-
-
-SCRIPT_DIR = "script"  # RUN/script/NAME.py: the copy of the user's script that every node runs
-
-# The train fields a script run uses (the others only the built-in trainer reads; a script run lists
-# the ones the recipe sets as unused). DeepSpeed's JSON also takes the batch size and clipping.
-_SCRIPT_USES_TRAIN = ("precision", "gradient_accumulation_steps")
-_SCRIPT_USES_TRAIN_DEEPSPEED = (*_SCRIPT_USES_TRAIN, "per_device_batch_size", "max_grad_norm")
-
-
-def script_copy_path(run_dir: str, source: str) -> str:
-    return f"{run_dir}/{SCRIPT_DIR}/{source.rsplit('/', 1)[-1]}"
-
-
-def _script_plan(recipe: Recipe, target: Target, run_dir: str, host: HostFacts, local_port: int | None) -> Plan:
-    """The plan for the user's own script: the same placement, configs and rendezvous as the built-in
-    trainer; `accelerate launch` runs the run dir's copy of the script instead of launcher.train."""
-    entry = recipe.entrypoint
-    assert entry is not None
-    cluster, train = recipe.cluster, recipe.train
-    notes: list[str] = []
-    device, procs_per_node = _placement(recipe, target, host, notes)
-    backend = recipe.distributed.backend
-    used = _SCRIPT_USES_TRAIN_DEEPSPEED if backend == "deepspeed" else _SCRIPT_USES_TRAIN
-    unused = [name for name in ("model", "data") if getattr(recipe, name) is not None]
-    unused += ["metrics"] if "metrics" in recipe.model_fields_set else []
-    unused += [f"train.{name}" for name in sorted(train.model_fields_set) if name not in used]
-    if "timeout_s" in recipe.distributed.model_fields_set:
-        unused.append("distributed.timeout_s (pass InitProcessGroupKwargs(timeout=...) to Accelerator)")
-    if unused:
-        notes.append("not used by your script (the built-in trainer's settings): " + ", ".join(unused))
-    if train.gradient_accumulation_steps > 1:
-        notes.append(
-            f"gradient accumulation {train.gradient_accumulation_steps}: ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
-            "read by Accelerator(); it applies where the script uses accelerator.accumulate(model)"
-        )
-    zero_stage = (2 if recipe.distributed.zero_stage is None else recipe.distributed.zero_stage) if backend == "deepspeed" else None
-    per_device = None  # the script's own DataLoader decides
-    if backend == "deepspeed":
-        per_device = train.per_device_batch_size
-        notes.append(
-            f"DeepSpeed: train.per_device_batch_size ({per_device}) and train.max_grad_norm go into deepspeed.json; "
-            "give your DataLoader the same batch size"
-        )
-        if device == "cpu":
-            notes.append(
-                "DeepSpeed on CPU: your script needs Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend='gloo')])"
-            )
-    rendezvous = _rendezvous(recipe, target, local_port)
-    python = "python3" if cluster.container and target == "slurm" else host.python
-    script = script_copy_path(run_dir, entry.script)
-    node_command, launch_command = _commands(python, run_dir, [script, *entry.args])
-    world = cluster.nodes * procs_per_node
-    return Plan(
-        name=recipe.name,
-        target=target,
-        run_dir=run_dir,
-        device=device,  # type: ignore[arg-type]  # "cpu" | "cuda"
-        nodes=cluster.nodes,
-        procs_per_node=procs_per_node,
-        world_size=world,
-        gpus_per_node=cluster.gpus_per_node if device == "cuda" else 0,
-        per_device_batch_size=per_device,
-        eval_batch_size=None,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        effective_batch_size=per_device * train.gradient_accumulation_steps * world if per_device else None,
-        train_rows=None,
-        eval_rows=None,
-        micro_batches_per_epoch=None,
-        steps_per_epoch=None,
-        epochs=None,
-        total_steps=None,
-        warmup_steps=None,
-        precision=train.precision,
-        padding=None,
-        max_length=None,
-        pad_to_multiple_of=None,
-        backend=backend,
-        zero_stage=zero_stage,
-        rendezvous=rendezvous,
-        python=python,
-        node_command=node_command,
-        launch_command=launch_command,
-        notes=notes,
-        entrypoint={"script": script, "source": entry.script, "args": list(entry.args)},
-    )
 
 
 def _commands(python: str, run_dir: str, program: list[str]) -> tuple[list[str], list[str]]:

@@ -120,7 +120,7 @@ def _distributed(recipe: Recipe) -> Iterator[Problem]:
             if getattr(dist, name) not in (None, False):
                 yield f"distributed.{name}", "only used with distributed.backend: deepspeed"
         return
-    stage = 2 if dist.zero_stage is None else dist.zero_stage
+    stage = dist.stage
     if stage not in (0, 1, 2, 3):
         yield "distributed.zero_stage", f"ZeRO stage must be 0, 1, 2 or 3 (got {stage})"
         return

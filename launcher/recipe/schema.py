@@ -29,6 +29,13 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "matthews_cor
 REGRESSION_METRICS = ("pearson", "spearmanr", "mse")
 METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
 
+
+def metric_goal(name: str) -> Literal["min", "max"]:
+    """Whether a lower or a higher value of a metric is better; `name` may carry its split
+    (validation_mse, validation_loss): losses and errors go down, scores go up."""
+    return "min" if name.lower().endswith(("loss", "mse")) else "max"
+
+
 DATA_FORMATS = ("json", "csv", "tsv", "parquet")
 
 
@@ -90,13 +97,23 @@ class TrainSpec(Section):
     logging_steps: int = Field(10, ge=1, description="optimizer steps between metric records")
 
 
+DEFAULT_ZERO_STAGE = 2
+
+
 class DistributedSpec(Section):
     backend: Literal["ddp", "deepspeed"] = Field("ddp", description="DistributedDataParallel or DeepSpeed ZeRO")
-    zero_stage: int | None = Field(None, description="DeepSpeed ZeRO stage 0-3 (default 2)")
+    zero_stage: int | None = Field(None, description=f"DeepSpeed ZeRO stage 0-3 (default {DEFAULT_ZERO_STAGE})")
     offload_optimizer: bool = Field(False, description="DeepSpeed: optimizer state in CPU memory (ZeRO 1-3)")
     offload_params: bool = Field(False, description="DeepSpeed: parameters in CPU memory (ZeRO 3)")
     timeout_s: int = Field(1800, ge=10, description="a collective that waits longer than this fails the job")
     join_timeout_s: int = Field(300, ge=1, description="every node must reach the head node within this")
+
+    @property
+    def stage(self) -> int | None:
+        """The ZeRO stage that runs: zero_stage, or the default under DeepSpeed; None without DeepSpeed."""
+        if self.backend != "deepspeed":
+            return None
+        return DEFAULT_ZERO_STAGE if self.zero_stage is None else self.zero_stage
 
 
 class ContainerSpec(Section):
@@ -156,6 +173,13 @@ class Recipe(Section):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="how ranks cooperate")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="where it runs")
     output_dir: NonEmptyStr = Field("runs", description="run directories are created below this")
+
+    @property
+    def selection_metric(self) -> str | None:
+        """The eval metric that picks the best checkpoint: the first of `metrics`, on the eval split."""
+        if self.data is None or not self.data.eval_split:
+            return None
+        return f"{self.data.eval_split}_{self.metrics[0]}"
 
     @model_validator(mode="wrap")
     @classmethod

@@ -85,12 +85,12 @@ class DeepSpeedConfigMismatch(ValueError):
 def deepspeed_config(plan: Plan, recipe: Recipe) -> dict[str, Any]:
     """Recipe + plan -> the DeepSpeed config dict (only meaningful when plan.backend is deepspeed)."""
     dist, train = recipe.distributed, recipe.train
-    stage = 2 if plan.zero_stage is None else plan.zero_stage
+    stage = plan.zero_stage
     on_gpu = plan.device == "cuda"
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.per_device_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
-        "train_batch_size": plan.per_device_batch_size * plan.gradient_accumulation_steps * plan.world_size,
+        "train_batch_size": plan.effective_batch_size,
         "gradient_clipping": float(train.max_grad_norm) if train.max_grad_norm else 0.0,
         "zero_optimization": _zero(stage, dist.offload_optimizer, dist.offload_params, pin_memory=on_gpu),
         "bf16": {"enabled": plan.precision == "bf16"},
@@ -181,9 +181,8 @@ def deepspeed_config_problems(plan: Plan, config: dict, recipe: Recipe | None = 
         problems.append("zero_optimization block missing (accelerate requires it)")
     else:
         stage = zero.get("stage")
-        planned_stage = 2 if plan.zero_stage is None else plan.zero_stage
-        if stage != planned_stage:
-            problems.append(f"zero_optimization.stage is {stage!r} but the plan has {planned_stage}")
+        if stage != plan.zero_stage:
+            problems.append(f"zero_optimization.stage is {stage!r} but the plan has {plan.zero_stage}")
         if stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
             problems.append(
                 "zero_optimization.stage3_gather_16bit_weights_on_model_save must be true with stage 3 "

@@ -27,12 +27,12 @@ from launcher.errors import UserError
 from launcher.plan import Plan
 from launcher.plan.plan import PORT_SHELL_EXPR
 from launcher.recipe.schema import Recipe
+from launcher.rundir.layout import REQUEUE_MARKER
 
 SCRIPT_NAME = "sbatch.sh"
 NODE_LOG = "logs/node-%n.log"  # srun: %n = node index within the job (0..N-1) = the machine rank
 BATCH_LOG = "logs/slurm-%j.out"
 ARRAY_BATCH_LOG = "logs/slurm-%A_%a.out"
-REQUEUE_MARKER = "status/requeue"  # a node agent that saved a checkpoint on USR2 creates it, then exits
 
 # Variables of the script (templates/sbatch.j2) that each task's shell expands (exported before srun).
 RUN_DIR_VAR = "FTL_RUN_DIR"

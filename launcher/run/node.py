@@ -3,7 +3,13 @@
 One per node (srun starts it on Slurm, the local supervisor on this host). It
 1. checks every node joined (bounded time, names the missing node),
 2. runs `accelerate launch` for this node's ranks with the environment the plan needs,
-3. on failure, says which rank failed and why (from the ranks' status files), and exits non-zero.
+3. passes stop requests on to the ranks (graceful: checkpoint, then stop) and, when they do not
+   stop in time, kills every process below it,
+4. on failure, says which rank failed and why (from the ranks' status files), and exits non-zero;
+   node 0 writes the run's report once every node's status is final.
+
+Nothing it started outlives it: it adopts orphans (a subreaper), `accelerate launch` gets SIGTERM
+when the agent dies, and a local agent gets SIGTERM when its supervisor dies.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,17 +24,24 @@ import sys
 import time
 from pathlib import Path
 
+from launcher import processes
 from launcher.plan import Plan
+from launcher.rundir.jobs import current_attempt
+from launcher.rundir.layout import PLAN_FILE
+from launcher.rundir.status import FINAL_STATES, read_requeue_marker, read_statuses, state_word, write_status
+from launcher.run.failures import explain_failure
 from launcher.run.script import CAPTURE, OutputTail, explain_script_failure, script_env
-from launcher.train.preemption import read_requeue_marker
 
 GRACE_S = 30  # after a hard stop, how long the ranks get before SIGKILL
 STOP_GRACE_S = 600  # after a graceful stop request: time to finish the step and write a checkpoint
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; the batch script requeues
+SUPERVISOR_ENV = "FTL_SUPERVISOR_PID"  # a local run's `ftlaunch submit`: the agent stops when it dies
+REPORT_WAIT_S = 30  # node 0 waits this long for the other nodes' final status before the report
 
 
 def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(SUPERVISOR_ENV, None)
     env["PYTHONUNBUFFERED"] = "1"
     env["FTL_RUN_DIR"] = plan.run_dir
     env["FTL_NODE_RANK"] = str(machine_rank)
@@ -53,54 +65,83 @@ def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
     return env
 
 
-def node_status_path(run_dir: str | Path, machine_rank: int) -> Path:
-    return Path(run_dir) / "status" / f"node-{machine_rank}.json"
-
-
-# A rank whose peer died fails with one of these; it is a consequence, not the cause.
-_PEER_LOST = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed? ?out", re.IGNORECASE)
-
-
-def explain_failure(plan: Plan, machine_rank: int, returncode: int) -> str:
-    """The root cause among this node's ranks, from their status files. Order of blame: a rank that
-    raised a real error; a rank that vanished (killed, out of memory); a rank that lost its peer."""
-    first = machine_rank * plan.procs_per_node
-    failed, peer_lost, vanished, never = [], [], [], []
-    for rank in range(first, first + plan.procs_per_node):
-        path = Path(plan.run_dir) / "status" / f"rank-{rank}.json"
-        if not path.exists():
-            never.append(rank)
-            continue
-        status = json.loads(path.read_text())
-        if status["state"] == "failed":
-            (peer_lost if _PEER_LOST.search(status["error"]) else failed).append(status)
-        elif status["state"] == "running":
-            vanished.append(status)
-    if failed:
-        cause = min(failed, key=lambda s: s.get("ended", 0))
-        return f"rank {cause['rank']} on {cause['host']} failed: {cause['error']}"
-    if vanished:
-        names = ", ".join(f"rank {s['rank']} (pid {s['pid']} on {s['host']})" for s in vanished)
-        return f"{names} died without reporting an error (killed by a signal or out of memory?); exit code {returncode}"
-    if peer_lost:
-        cause = min(peer_lost, key=lambda s: s.get("ended", 0))
-        return f"rank {cause['rank']} on {cause['host']} lost a peer (another node failed first?): {cause['error']}"
-    if never:
-        return f"rank(s) {', '.join(map(str, never))} never started; accelerate launch exited with {returncode}"
-    return f"accelerate launch exited with {returncode}"
-
-
 def write_node_status(plan: Plan, machine_rank: int, **fields) -> None:
-    from launcher.jsonfiles import write_json_atomic
-
     payload = {"node": machine_rank, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), **fields}
-    write_json_atomic(node_status_path(plan.run_dir, machine_rank), payload)
+    write_status(plan.run_dir, "node", machine_rank, payload)
+
+
+class Launch:
+    """`accelerate launch` for this node's ranks, and every way of stopping them."""
+
+    def __init__(self, plan: Plan, machine_rank: int, head: str, port: int):
+        self.plan = plan
+        agent = os.getpid()
+
+        def in_child() -> None:
+            # The launcher ignores USR2: Slurm may signal every process of the step, and only the ranks
+            # act on it (checkpoint, then stop); they install their own handler. SIGTERM when this agent
+            # dies: torchrun then stops its ranks.
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            processes.die_with_parent(signal.SIGTERM, expected_parent=agent)
+
+        # A user's own script writes no status files: its output passes through here (to the node log,
+        # as before) so that a failure can be explained from its last lines.
+        self.child = subprocess.Popen(
+            plan.launch_argv(machine_rank, head, port), env=child_env(plan, machine_rank),
+            start_new_session=True, preexec_fn=in_child, **(CAPTURE if plan.entrypoint else {}),
+        )  # fmt: skip
+        self.tail = OutputTail(self.child) if plan.entrypoint else None
+        self.deadline: float | None = None  # after a stop request: when the ranks get killed
+
+    def ranks(self) -> list[int]:
+        """The rank processes: torchrun's workers (each in a session of its own), and any the agent
+        adopted because their launcher died."""
+        return processes.children(self.child.pid) + [p for p in processes.children(os.getpid()) if p != self.child.pid]
+
+    def request_stop(self, graceful: bool) -> None:
+        """Graceful: the ranks finish the step, agree, write a checkpoint and stop. Otherwise: stop now
+        (torchrun terminates its workers on SIGTERM); either way they are killed if they take too long."""
+        if graceful:
+            processes.signal_all(self.ranks(), signal.SIGUSR2)
+        else:
+            processes.signal_all([*self.ranks(), self.child.pid], signal.SIGTERM)
+        wait = STOP_GRACE_S if graceful else GRACE_S
+        self.deadline = min(self.deadline or float("inf"), time.monotonic() + wait)
+
+    def wait(self, say) -> int:
+        while self.child.poll() is None:
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                say("the ranks did not stop in time: killing them")
+                self.kill()
+            processes.reap_adopted(keep=self.child.pid)
+            time.sleep(0.2)
+        self.kill_leftovers()
+        return self.child.returncode
+
+    def kill(self) -> None:
+        processes.signal_all(processes.descendants(os.getpid()), signal.SIGKILL)
+
+    def kill_leftovers(self) -> None:
+        """After the launcher ended, nothing of this node may keep running (a rank it failed to stop)."""
+        left = [p for p in processes.descendants(os.getpid()) if not processes.is_zombie(p)]
+        if left:
+            processes.signal_all(left, signal.SIGKILL)
+        for _ in range(50):
+            processes.reap_adopted(keep=-1)
+            if not [p for p in processes.descendants(os.getpid()) if not processes.is_zombie(p)]:
+                break
+            time.sleep(0.1)
 
 
 def run_node(plan: Plan, machine_rank: int, head: str, port: int) -> int:
     say = lambda text: print(f"[ftlaunch node {machine_rank}] {text}", flush=True)  # noqa: E731
+    processes.adopt_orphans()
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor:  # a local run: when `ftlaunch submit --local` dies, this node stops as if asked to
+        processes.die_with_parent(signal.SIGTERM, expected_parent=int(supervisor))
+    attempt = current_attempt()
     say(f"host {socket.gethostname()}, head {head}:{port}, {plan.procs_per_node} process(es), world {plan.world_size}")
-    write_node_status(plan, machine_rank, state="joining")
+    write_node_status(plan, machine_rank, state="joining", attempt=attempt)
     store = None
     if plan.nodes > 1:
         from launcher.run.join import JoinError, join
@@ -109,92 +150,73 @@ def run_node(plan: Plan, machine_rank: int, head: str, port: int) -> int:
             store = join(head, port + 1, machine_rank, plan.nodes, plan.rendezvous.join_timeout_s)
         except JoinError as exc:
             message = f"node {machine_rank}: {exc}"
-            write_node_status(plan, machine_rank, state="failed", error=message)
+            write_node_status(plan, machine_rank, state="failed", error=message, attempt=attempt)
             print(f"ftlaunch node {machine_rank}: error: {exc}", file=sys.stderr, flush=True)
             return 3
         say(f"all {plan.nodes} nodes joined")
 
-    argv = plan.launch_argv(machine_rank, head, port)
-    say("launch: " + " ".join(argv))
-    write_node_status(plan, machine_rank, state="running")
+    say("launch: " + " ".join(plan.launch_argv(machine_rank, head, port)))
+    write_node_status(plan, machine_rank, state="running", attempt=attempt)
     launched = time.time()
-    # The launcher (torchrun) ignores USR2: Slurm may signal every process of the step, and only the
-    # ranks act on it (checkpoint, then stop). The ranks install their own handler.
-    # A user's own script writes no status files: its output passes through here (to the node log,
-    # as before) so that a failure can be explained from its last lines.
-    child = subprocess.Popen(
-        argv, env=child_env(plan, machine_rank), start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN),
-        **(CAPTURE if plan.entrypoint else {}),
-    )  # fmt: skip
-    tail = OutputTail(child) if plan.entrypoint else None
-    hard_stop_at: list[float] = []
+    launch = Launch(plan, machine_rank, head, port)
 
-    def request_stop(signum, _frame):
+    def on_signal(signum, _frame):
         # Graceful (USR2 from Slurm, SIGTERM): ask this node's ranks to checkpoint and stop.
-        # SIGINT, or a second request: stop now (torchrun terminates its workers on SIGTERM).
+        # SIGINT, or a second request: stop now.
         if plan.entrypoint is not None and signum == signal.SIGUSR2:
-            # A user's script has no checkpoint protocol: USR2 goes to its process group, where the
-            # launcher ignores it and a rank acts on it only if the script installed a handler.
-            try:
-                os.killpg(child.pid, signal.SIGUSR2)
-            except ProcessLookupError:
-                pass
+            # A user's script has no checkpoint protocol: USR2 goes to its ranks, which act on it only
+            # if the script installed a handler.
+            processes.signal_all(launch.ranks(), signal.SIGUSR2)
             return
-        graceful = signum != signal.SIGINT and not hard_stop_at and plan.entrypoint is None
-        for pid in rank_pids(plan, machine_rank):
-            try:
-                os.kill(pid, signal.SIGUSR2 if graceful else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        if not graceful:
-            child.send_signal(signal.SIGTERM)
-        hard_stop_at.append(time.monotonic() + (STOP_GRACE_S if graceful else GRACE_S))
+        graceful = signum != signal.SIGINT and launch.deadline is None and plan.entrypoint is None
+        launch.request_stop(graceful)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
-        signal.signal(signum, request_stop)
-    while child.poll() is None:
-        if hard_stop_at and time.monotonic() > hard_stop_at[-1]:
-            say("the ranks did not stop in time: killing them")
-            os.killpg(child.pid, signal.SIGKILL)
-        time.sleep(0.2)
-    returncode = child.returncode
-    output = tail.join() if tail else []
+        signal.signal(signum, on_signal)
+    returncode = launch.wait(say)
+    output = launch.tail.join() if launch.tail else []
     del store  # the head's join store stays up until here: other nodes may still be reading "go"
     marker = read_requeue_marker(Path(plan.run_dir))
     if marker and marker.get("time", 0) >= launched:
-        write_node_status(plan, machine_rank, state="stopped", step=marker["step"], checkpoint=marker["checkpoint"])
+        write_node_status(plan, machine_rank, state="stopped", step=marker["step"], checkpoint=marker["checkpoint"],
+                          attempt=attempt)  # fmt: skip
         say(f"stopped at step {marker['step']} ({marker['signal']}); checkpoint {marker['checkpoint']}")
+        if machine_rank == 0:
+            write_report(plan, say)
         return EXIT_RESUMABLE
     if returncode == 0:
-        write_node_status(plan, machine_rank, state="done", returncode=0)
+        write_node_status(plan, machine_rank, state="done", returncode=0, attempt=attempt)
         say("done")
+        if machine_rank == 0 and plan.entrypoint is None:
+            write_report(plan, say)
         return 0
-    details: dict = {}
     if plan.entrypoint is not None:
         details = explain_script_failure(plan, machine_rank, returncode, output)
-        reason = details.pop("error")
     else:
-        reason = explain_failure(plan, machine_rank, returncode)
-    write_node_status(
-        plan, machine_rank, state="failed", error=f"node {machine_rank}: {reason}", returncode=returncode, **details
-    )
+        details = explain_failure(plan, machine_rank, returncode, attempt)
+    reason = details.pop("error")
+    write_node_status(plan, machine_rank, state="failed", error=f"node {machine_rank}: {reason}", returncode=returncode,
+                      attempt=attempt, **details)  # fmt: skip
     print(f"ftlaunch node {machine_rank}: error: {reason}", file=sys.stderr, flush=True)
     return returncode if returncode > 0 else 1
 
 
-def rank_pids(plan: Plan, machine_rank: int) -> list[int]:
-    """PIDs of this node's ranks, from the status files they write when they start."""
-    pids = []
-    first = machine_rank * plan.procs_per_node
-    for rank in range(first, first + plan.procs_per_node):
-        try:
-            status = json.loads((Path(plan.run_dir) / "status" / f"rank-{rank}.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if status.get("state") == "running" and status.get("host") == socket.gethostname():
-            pids.append(int(status["pid"]))
-    return pids
+def write_report(plan: Plan, say) -> None:
+    """The run's report, once every node's status is final (so it shows how each node ended); a
+    finished job must not fail because a plot could not be drawn: `ftlaunch collect RUN` redoes it."""
+    deadline = time.monotonic() + REPORT_WAIT_S
+    while time.monotonic() < deadline:
+        nodes = read_statuses(plan.run_dir, "node")
+        if len(nodes) >= plan.nodes and all(state_word(d) in FINAL_STATES for d in nodes.values()):
+            break
+        time.sleep(0.2)
+    try:
+        from launcher.collect import collect_run
+
+        collect_run(plan.run_dir, quiet=True)
+        say(f"report: {Path(plan.run_dir) / 'report.md'}")
+    except Exception as exc:  # noqa: BLE001
+        say(f"warning: no report ({type(exc).__name__}: {exc}); run ftlaunch collect {plan.run_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", help="address of node 0 (default: from plan.json)")
     parser.add_argument("--port", type=int, help="rendezvous port (default: from plan.json); join check on port+1")
     args = parser.parse_args(argv)
-    plan = Plan.from_dict(json.loads((Path(args.run_dir) / "plan.json").read_text()))
+    plan = Plan.from_dict(json.loads((Path(args.run_dir) / PLAN_FILE).read_text()))
     head = args.head or plan.rendezvous.head
     port = args.port or plan.rendezvous.port
     if not 0 <= args.machine_rank < plan.nodes:

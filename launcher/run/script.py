@@ -19,12 +19,11 @@ import threading
 from pathlib import Path
 
 from launcher.plan import Plan
+from launcher.run.failures import PEER_LOST
 
 TAIL_LINES = 400  # remembered from the launcher's output
 SHOWN_LINES = 12  # of the script's own output, in the failure report
 
-# A rank whose peer died fails with one of these; it is a consequence, not the cause.
-PEER_LOST = re.compile(r"gloo|nccl|connection (closed|reset)|broken pipe|timed? ?out|DistBackendError", re.IGNORECASE)
 # Where torchrun's (accelerate launch's) own report of a failed worker begins.
 _LAUNCHER_REPORT = re.compile(
     r"failed \(exitcode: -?\d+\) local_rank|Sending process \d+ closing signal|ChildFailedError"

@@ -1,12 +1,18 @@
-"""Local runs: N node agents on this host (machine ranks 0..N-1 on 127.0.0.1), supervised.
+"""Local runs: N node agents on this host (machine ranks 0..N-1 on 127.0.0.1), supervised by
+`ftlaunch submit --local` (this process).
 
-Each node's output goes to run_dir/logs/node-N.log; node 0's is also echoed here. When one node
-fails, the others are stopped at once and the error names the node, the rank and the log.
+Each node writes everything to run_dir/logs/node-N.log; the console shows ftlaunch's own lines of
+node 0 (a user's script: every line of every node, prefixed by node). When one node fails, the
+others are stopped at once and the error names the node, the rank and the log.
+
+Signals to this process: SIGTERM, SIGHUP and a first Ctrl-C stop the job gracefully (the ranks
+checkpoint and stop, resumable); a second Ctrl-C or SIGQUIT stops it now. If this process dies
+(even by SIGKILL), every node agent gets SIGTERM from the kernel and stops gracefully, so no rank
+outlives its supervisor; `ftlaunch cancel RUN` signals this process through job.json.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,21 +24,73 @@ from rich.console import Console
 
 from launcher.errors import JobFailed
 from launcher.plan import Plan
-from launcher.run.node import EXIT_RESUMABLE, node_status_path
-from launcher.train.preemption import read_requeue_marker
+from launcher.rundir.durable import read_json
+from launcher.rundir.jobs import ATTEMPT_BASE_ENV, local_job_record, write_job_record
+from launcher.rundir.layout import MODEL_DIR, RESULTS_FILE, node_log_path
+from launcher.rundir.status import read_requeue_marker, read_status
+from launcher.run.node import EXIT_RESUMABLE, SUPERVISOR_ENV
 
 STOP_GRACE_S = 40  # after a hard stop the node agent gives its ranks 30 s
+ROOT_CAUSE_WAIT_S = 3.0  # after a node fails: how long the others get to fail too, before they are stopped
+OWN_LINES = ("[train]", "[ftlaunch node")  # what the console shows of a built-in trainer run
 
 
-def _echo(stream, log_file, console: Console) -> None:
-    for raw in iter(stream.readline, b""):
-        log_file.write(raw)
-        log_file.flush()
-        console.out(raw.decode(errors="replace").rstrip("\n"), highlight=False)
+class ConsoleTail:
+    """Follows the node logs and prints what the user should see while the job runs."""
+
+    def __init__(self, plan: Plan, console: Console):
+        self.plan = plan
+        self.console = console
+        self.positions: dict[int, int] = {}
+        self.partial: dict[int, bytes] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._drain(final=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._drain()
+
+    def _nodes(self) -> range:
+        return range(self.plan.nodes) if self.plan.entrypoint is not None else range(1)
+
+    def _drain(self, final: bool = False) -> None:
+        for node in self._nodes():
+            try:
+                with node_log_path(self.plan.run_dir, node).open("rb") as handle:
+                    handle.seek(self.positions.get(node, 0))
+                    chunk = handle.read()
+            except OSError:
+                continue
+            self.positions[node] = self.positions.get(node, 0) + len(chunk)
+            data = self.partial.pop(node, b"") + chunk
+            lines = data.split(b"\n")
+            if not final:
+                self.partial[node] = lines.pop()
+            for raw in lines:
+                self._show(node, raw.decode(errors="replace").rstrip("\r"))
+
+    def _show(self, node: int, line: str) -> None:
+        if self.plan.entrypoint is None:
+            if line.startswith(OWN_LINES):
+                self.console.out(line, highlight=False)
+        elif line or self.plan.nodes == 1:
+            prefix = f"[node {node}] " if self.plan.nodes > 1 else ""
+            self.console.out(prefix + line, highlight=False)
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Hard stop (another node failed): SIGINT makes a node agent stop its ranks at once."""
+def _stop_now(procs: list[subprocess.Popen]) -> None:
+    """Hard stop (another node failed, or a second Ctrl-C): SIGINT makes a node agent stop its ranks
+    at once; an agent that does not end in time is killed with everything below it."""
+    from launcher import processes
+
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -41,35 +99,53 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            processes.signal_all([*processes.descendants(proc.pid), proc.pid], signal.SIGKILL)
             proc.wait()
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
-    if not path.exists():
-        return "(no log)"
-    text = path.read_text(errors="replace").splitlines()
-    return "\n".join("    " + line for line in text[-lines:])
-
-
-def _node_status(plan: Plan, node: int) -> dict:
-    try:
-        return json.loads(node_status_path(plan.run_dir, node).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def failure_message(plan: Plan, node: int, returncode: int) -> str:
-    status = _node_status(plan, node)
-    log = Path(plan.run_dir) / "logs" / f"node-{node}.log"
-    reason = status.get("error") or f"node {node} exited with code {returncode}"
+    """One line naming the node, the rank and why; then where to look, and how to go on."""
+    status = read_status(plan.run_dir, "node", node) or {}
+    log = node_log_path(plan.run_dir, node)
+    reason = status.get("error") or f"node {node} exited with code {returncode} ({_signal_name(returncode)})"
+    lines = [reason, f"  log: {log}"]
     if status.get("output_tail"):  # a user's own script: its last lines, not the launcher's report
-        shown = "\n".join("    " + line for line in status["output_tail"])
-        return f"{reason}\n  log: {log}\n  last lines of its output:\n{shown}"
-    return f"{reason}\n  log: {log}\n  last lines:\n{log_tail(log)}"
+        lines.append("  last lines of its output:")
+        lines += ["    " + line for line in status["output_tail"]]
+    elif "never started" in reason or not status.get("error"):  # nothing else says why: the log's end does
+        lines.append("  last lines:")
+        lines += ["    " + line for line in _log_tail(log)]
+    hint = resume_hint(plan)
+    if hint:
+        lines.append(f"  {hint}")
+    return "\n".join(lines)
 
 
-ROOT_CAUSE_WAIT_S = 3.0  # after a node fails: how long the others get to fail too, before they are stopped
+def resume_hint(plan: Plan) -> str | None:
+    from launcher.rundir.checkpoints import last_checkpoint_step
+
+    if plan.entrypoint is not None or (Path(plan.run_dir) / RESULTS_FILE).exists():
+        return None
+    step = last_checkpoint_step(Path(plan.run_dir))
+    if step is None:
+        return None
+    return f"continue from the checkpoint at step {step}: ftlaunch submit --resume {plan.run_dir} --local"
+
+
+def _log_tail(path: Path, count: int = 15) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-count:]
+    except OSError:
+        return ["(no log)"]
+
+
+def _signal_name(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return "see its log"
 
 
 def root_cause(plan: Plan, procs: list[subprocess.Popen], failed: list[tuple[int, int]]) -> tuple[int, int]:
@@ -83,77 +159,61 @@ def root_cause(plan: Plan, procs: list[subprocess.Popen], failed: list[tuple[int
     failed = [(node, code) for node, code in enumerate(codes) if code not in (None, 0, EXIT_RESUMABLE)] or failed
 
     def blame(item: tuple[int, int]) -> tuple[bool, float]:
-        status = _node_status(plan, item[0])
-        lost_peer = bool(status.get("peer_lost")) or "lost a peer" in str(status.get("error", ""))
-        return lost_peer, float(status.get("time", float("inf")))
+        status = read_status(plan.run_dir, "node", item[0]) or {}
+        return bool(status.get("peer_lost")), float(status.get("time", float("inf")))
 
     return min(failed, key=blame)
 
 
 def run_local(plan: Plan, console: Console, attempt_base: int = 0) -> int:
     run_dir = Path(plan.run_dir)
-    logs = run_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", FTL_ATTEMPT_BASE=str(attempt_base))
-    procs: list[subprocess.Popen] = []
-    threads: list[threading.Thread] = []
-    log_files = []
-    for node in range(plan.nodes):
-        log_file = (logs / f"node-{node}.log").open("ab")
-        log_files.append(log_file)
-        echo = node == 0
-        proc = subprocess.Popen(
-            plan.node_argv(node),
-            stdout=subprocess.PIPE if echo else log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: stopped as a whole
-        )
-        procs.append(proc)
-        if echo:
-            thread = threading.Thread(target=_echo, args=(proc.stdout, log_file, console), daemon=True)
-            thread.start()
-            threads.append(thread)
-    (run_dir / "job.json").write_text(
-        json.dumps({"target": "local", "pids": [p.pid for p in procs], "started": time.time(),
-                    "attempt": attempt_base}, indent=2) + "\n"  # fmt: skip
-    )
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{ATTEMPT_BASE_ENV: str(attempt_base), SUPERVISOR_ENV: str(os.getpid())})
+    logs = [node_log_path(run_dir, node).open("ab") for node in range(plan.nodes)]
+    tail = ConsoleTail(plan, console)
+    tail.start()
+    console.print(f"logs: {run_dir / 'logs'}/node-N.log", markup=False, highlight=False, soft_wrap=True)
+    procs = [
+        subprocess.Popen(plan.node_argv(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                         start_new_session=True)  # its own process group: a terminal's Ctrl-C reaches only us
+        for node, log in enumerate(logs)
+    ]  # fmt: skip
+    for log in logs:
+        log.close()
+    write_job_record(run_dir, local_job_record(attempt_base, [p.pid for p in procs]))
+
+    stops = {"graceful": False, "now": False}
 
     def request_stop(signum=None, _frame=None) -> None:
-        # Graceful: every node's ranks finish the step, write a checkpoint and stop (resumable).
+        if stops["graceful"] or signum == signal.SIGQUIT:
+            stops["now"] = True
+            return
+        stops["graceful"] = True
         console.print("[yellow]stop requested: the ranks checkpoint and stop (again to stop at once)[/]")
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, request_stop)
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    previous = {signum: signal.signal(signum, request_stop) for signum in handled}
     failed: tuple[int, int] | None = None
-    interrupts = 0
     try:
         while True:
-            try:
-                codes = [proc.poll() for proc in procs]
-                bad = [(node, code) for node, code in enumerate(codes) if code not in (None, 0, EXIT_RESUMABLE)]
-                if bad:
-                    failed = root_cause(plan, procs, bad)
-                    break
-                if all(code is not None for code in codes):
-                    break
-                time.sleep(0.2)
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts > 1:
-                    _stop(procs)
-                    raise
-                request_stop()
+            codes = [proc.poll() for proc in procs]
+            bad = [(node, code) for node, code in enumerate(codes) if code not in (None, 0, EXIT_RESUMABLE)]
+            if bad:
+                failed = root_cause(plan, procs, bad)
+                break
+            if all(code is not None for code in codes):
+                break
+            if stops["now"]:
+                break
+            time.sleep(0.2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if failed:
-            _stop(procs)
-        for thread in threads:
-            thread.join(timeout=5)
-        for log_file in log_files:
-            log_file.close()
+        if failed or stops["now"]:
+            _stop_now(procs)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        tail.stop()
     if failed:
         node, code = failed
         raise JobFailed(failure_message(plan, node, code), exit_code=1)
@@ -162,10 +222,13 @@ def run_local(plan: Plan, console: Console, attempt_base: int = 0) -> int:
         console.print(f"[yellow]stopped[/] at step {marker.get('step', '?')} with a checkpoint; "
                       f"continue with: ftlaunch submit --resume {run_dir} --local")  # fmt: skip
         return EXIT_RESUMABLE
-    results = run_dir / "results.json"
-    if results.exists():
-        final = json.loads(results.read_text()).get("final_eval") or {}
+    if stops["now"]:
+        hint = resume_hint(plan)
+        raise JobFailed("stopped at once on request" + (f"\n  {hint}" if hint else ""), exit_code=130)
+    results = read_json(run_dir / RESULTS_FILE)
+    if results:
+        final = results.get("final_eval") or {}
         metrics = {k: round(v, 4) for k, v in final.get("metrics", {}).items()}
-        console.print(f"[bold green]done[/]: {metrics}  model: {run_dir / 'model'}")
+        console.print(f"[bold green]done[/]: {metrics}  model: {run_dir / MODEL_DIR}")
     console.print(f"run dir: {run_dir}")
     return 0

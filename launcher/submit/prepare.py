@@ -13,8 +13,10 @@ from launcher.plan import HostFacts, Plan, make_plan
 from launcher.plan.datasize import split_rows
 from launcher.recipe import Override, Recipe, dump_recipe, load_recipe
 from launcher.render import render_files
+from launcher.rundir.create import new_run_dir, write_run_dir
+from launcher.rundir.layout import ENV_FILE, LOGS_DIR, RECIPE_FILE, STATUS_DIR
 from launcher.submit.envrecord import render_env_record
-from launcher.submit.rundir import new_run_dir, write_run_dir
+from launcher.submit.prefetch import hf_cache_env
 from launcher.submit.script import script_files
 
 
@@ -38,14 +40,20 @@ def prepare_run(
     run_dir = new_run_dir(recipe.output_dir, recipe.name)
     port = free_port_pair() if target == "local" else None
     plan = make_plan(recipe, target, str(run_dir), host, split_rows(recipe), local_port=port)
-    files = {"recipe.yaml": _recipe_header(recipe_path, overrides) + dump_recipe(recipe), **render_files(plan, recipe)}
-    files["env.json"] = render_env_record(argv)
-    files.update(script_files(plan))  # the user's own script: RUN/script/NAME.py (bytes) + manifest.json
+    # A Slurm job reads the Hugging Face caches this host resolves (and the offline check looked in).
+    cache_env = hf_cache_env() if target == "slurm" else None
+    files = {
+        RECIPE_FILE: _recipe_header(recipe_path, overrides) + dump_recipe(recipe),
+        **render_files(plan, recipe, cache_env),
+        ENV_FILE: render_env_record(argv),
+        **script_files(plan),  # the user's own script: RUN/script/NAME.py (bytes) + manifest.json
+    }
     return PreparedRun(recipe, plan, files, run_dir)
 
 
 def write_prepared(prepared: PreparedRun) -> None:
-    write_run_dir(prepared.run_dir, prepared.files)
+    """The run dir, whole; logs/ and status/ exist before anything is launched (sbatch opens its log there)."""
+    write_run_dir(prepared.run_dir, prepared.files, dirs=(LOGS_DIR, STATUS_DIR))
 
 
 def _recipe_header(recipe_path: str | None, overrides: list[Override]) -> str:

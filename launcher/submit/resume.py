@@ -10,7 +10,7 @@ from pathlib import Path
 
 from launcher.errors import UserError
 from launcher.plan import Plan
-from launcher.train.checkpoint import last_checkpoint_step
+from launcher.rundir.checkpoints import last_checkpoint_step
 
 
 def next_attempt(run_dir: Path) -> int:

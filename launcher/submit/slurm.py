@@ -1,30 +1,25 @@
-"""Slurm dispatch and job control: sbatch, the job record in the run dir, squeue/sacct/scancel.
+"""Talking to Slurm: sbatch, squeue/sacct, scancel. Nothing here reads or writes run-dir files
+(launcher.rundir does).
 
 Everything here shells out to the Slurm client commands of the login node. Job states come from
 `squeue` first (it also knows jobs that ended less than MinJobAge ago), then `sacct`; where
 accounting is off (`sacct` answers "Slurm accounting storage is disabled"), from the job
 completion log (`sacct -c`), and where that knows nothing either, the caller says so and shows
-what the run dir's node status files know. sacct/squeue output is parsed by submitit's
-SlurmInfoWatcher.read_info (it also expands array ranges such as `12_[0-3]`).
+what the run dir's node status files know. Their `|`-separated output is parsed here
+(`parse_table`, which also expands array ranges such as `12_[0-3]`).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from launcher.jsonfiles import read_json  # noqa: F401  (re-exported for callers)
 from launcher.errors import UserError
 
-JOB_FILE = "job.json"
-SWEEP_FILE = "sweep.json"
-PLAN_FILE = "plan.json"
-DEFAULT_OUTPUT_DIR = "runs"
 ACCOUNTING_DISABLED = "accounting storage is disabled"
 
 # States in which a job may still run (everything else is final).
@@ -60,11 +55,13 @@ class Submitted:
     command: list[str]
 
 
-def submit_script(script: str | Path) -> Submitted:
+def submit_script(script: str | Path, extra_env: dict[str, str] | None = None) -> Submitted:
+    """sbatch the script; `extra_env` reaches the job through sbatch's default --export=ALL."""
     require_command("sbatch")
     command = sbatch_command(script)
+    env = {**os.environ, **extra_env} if extra_env else None
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     except subprocess.TimeoutExpired:
         raise UserError(f"sbatch did not answer within 120 s (is slurmctld up?): {' '.join(command)}") from None
     if result.returncode != 0:
@@ -76,105 +73,6 @@ def submit_script(script: str | Path) -> Submitted:
     if not job_id.isdigit():
         raise UserError(f"sbatch answered {result.stdout.strip()!r}, not a job id")
     return Submitted(job_id, cluster or None, command)
-
-
-def job_record(submitted: Submitted, script: str | Path, **extra: object) -> dict:
-    return {
-        "job_id": submitted.job_id,
-        "cluster": submitted.cluster,
-        "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": submitted.command,
-        "script": str(script),
-        **extra,
-    }
-
-
-def write_job_record(run_dir: str | Path, record: dict) -> None:
-    path = Path(run_dir) / JOB_FILE
-    tmp = path.with_name(f".{JOB_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_job_record(run_dir: str | Path) -> dict | None:
-    return read_json(Path(run_dir) / JOB_FILE)
-
-
-# ----------------------------------------------------------------------------------- runs
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / PLAN_FILE).is_file()
-
-
-def is_sweep_dir(path: Path) -> bool:
-    return (path / SWEEP_FILE).is_file()
-
-
-def iter_runs(output_dir: str | Path) -> list[Path]:
-    """Run dirs under output_dir (a sweep's runs are inside its sweep dir), newest first."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        if child.name.startswith(".") or not child.is_dir():
-            continue
-        if is_run_dir(child):
-            found.append(child)
-        elif is_sweep_dir(child):
-            found += [g for g in child.iterdir() if g.is_dir() and is_run_dir(g)]
-    return sorted(found, key=created_at, reverse=True)
-
-
-def created_at(run_dir: Path) -> float:
-    try:
-        return (run_dir / PLAN_FILE).stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def resolve_run(arg: str | None, output_dir: str | Path = DEFAULT_OUTPUT_DIR, allow_sweep: bool = True) -> Path:
-    """RUN as a run dir path, a run (or sweep) name under output_dir, or None: the newest run."""
-    root = Path(output_dir)
-    if arg is None:
-        runs = iter_runs(root)
-        if not runs:
-            raise UserError(f"no runs under {root}/: pass RUN (a run dir) or --output-dir")
-        return runs[0]
-    for candidate in (Path(arg), root / arg):
-        if candidate.is_dir() and (is_run_dir(candidate) or (allow_sweep and is_sweep_dir(candidate))):
-            return candidate
-    if Path(arg).is_dir() or (root / arg).is_dir():
-        raise UserError(f"{arg}: not an ftlaunch run dir (no {PLAN_FILE})")
-    names = [r for r in iter_runs(root) if r.name == arg or r.name.startswith(arg)]
-    if len(names) == 1:
-        return names[0]
-    if len(names) > 1:
-        raise UserError(f"run {arg!r} matches {len(names)} runs under {root}/: " + ", ".join(r.name for r in names[:5]))
-    raise UserError(f"run {arg!r}: no such run dir, and no run of that name under {root}/ (see ftlaunch ls)")
-
-
-def sweep_runs(sweep_dir: Path) -> list[Path]:
-    data = read_json(sweep_dir / SWEEP_FILE) or {}
-    return [Path(entry["run_dir"]) for entry in data.get("runs", [])]
-
-
-def node_status(run_dir: Path) -> dict[int, dict]:
-    """RUN_DIR/status/node-R.json as written by each node agent (R -> its content)."""
-    found = {}
-    for path in sorted((run_dir / "status").glob("node-*.json")):
-        rank = path.stem.removeprefix("node-")
-        data = read_json(path)
-        if rank.isdigit() and data is not None:
-            found[int(rank)] = data
-    return found
-
-
-def describe_node_status(data: dict) -> str:
-    keys = ("state", "status", "host", "ok", "exit_code", "returncode", "message", "error")
-    shown = {k: data[k] for k in keys if k in data}
-    return ", ".join(f"{k}={v}" for k, v in (shown or data).items())[:300]
 
 
 # ----------------------------------------------------------------------------------- states
@@ -227,15 +125,40 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(command, 124, "", f"{command[0]}: no answer within {QUERY_TIMEOUT_S} s")
 
 
-def _parse_table(header: str, text: str) -> dict[str, dict[str, str]]:
-    from submitit.slurm.slurm import SlurmInfoWatcher
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[([^\]]+)\]$")
 
-    body = "\n".join(line for line in text.splitlines() if line.strip())
-    if not body:
+
+def expand_job_ids(text: str) -> list[str]:
+    """sacct's and squeue's names for jobs: "12", "12_3", or a pending array's "12_[0-3,7%2]"
+    (indexes 0, 1, 2, 3, 7; "%2" is the array's throttle) -> one id per task."""
+    text = text.strip()
+    match = _ARRAY_RANGE.match(text)
+    if not match:
+        return [text] if text else []
+    base, spec = match.groups()
+    ids = []
+    for part in spec.split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit() and (high.isdigit() or not high):
+            ids += [f"{base}_{index}" for index in range(int(low), int(high or low) + 1)]
+    return ids
+
+
+def parse_table(header: str, text: str) -> dict[str, dict[str, str]]:
+    """`|`-separated rows (sacct -P, squeue -o/-O) -> {job id: {column: value}}; `header` names the
+    columns where the output has no header line (squeue -h). The first column is the job id."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
         return {}
-    if not body.startswith(header.split("|")[0] + "|"):
-        body = header + "\n" + body
-    return SlurmInfoWatcher().read_info(body)
+    names = header.split("|")
+    if lines[0].split("|")[0] == names[0]:  # sacct prints its own header
+        names, lines = lines[0].split("|"), lines[1:]
+    rows: dict[str, dict[str, str]] = {}
+    for line in lines:
+        row = dict(zip(names, (cell.strip() for cell in line.split("|"))))
+        for job_id in expand_job_ids(row.get(names[0], "")):
+            rows[job_id] = row
+    return rows
 
 
 def _state_word(raw: str) -> str | None:
@@ -272,7 +195,7 @@ def job_states(job_ids: list[str], aliases: dict[str, str] | None = None) -> Sta
     if queue.returncode != 0 and "job id" not in queue.stderr.lower():  # an older squeue without exit_code
         queue = _run(["squeue", "-h", "-r", "-t", "all", "-j", base_ids, "-o", "%i|%T|%N|%r"])
     # An id squeue no longer knows makes it fail ("Invalid job id specified") only when none is known.
-    rows = _parse_table("JobID|State|NodeList|Reason|ExitCode", queue.stdout) if queue.returncode == 0 else {}
+    rows = parse_table("JobID|State|NodeList|Reason|ExitCode", queue.stdout) if queue.returncode == 0 else {}
     for job_id in wanted:
         row = rows.get(job_id)
         if row:
@@ -306,7 +229,7 @@ def _from_sacct(job_ids: list[str], report: StateReport, aliases: dict[str, str]
         message = (acct.stderr or acct.stdout).strip().splitlines()
         report.notes.append(f"{source} failed: {message[-1] if message else acct.returncode}")
         return
-    rows = _parse_table(fields.replace(",", "|"), acct.stdout)
+    rows = parse_table(fields.replace(",", "|"), acct.stdout)
     for job_id in job_ids:
         row = rows.get(job_id) or (rows.get(aliases[job_id]) if job_id in aliases else None)
         state = _state_word(row.get("State", "")) if row else None
@@ -331,79 +254,8 @@ def cancel_job(job_id: str) -> None:
         raise UserError(*(lines or [f"scancel {job_id} failed (exit {result.returncode})"]))
 
 
-# ----------------------------------------------------------------------------------- run state
-
-
-@dataclass
-class RunInfo:
-    run_dir: Path
-    name: str
-    target: str
-    nodes: int | None
-    job_id: str | None
-    point: dict | None
-    submitted: bool
-    task_job_id: str | None = None  # an array task's own SLURM_JOB_ID (from its logs/slurm-ID.out)
-
-
-def run_info(run_dir: Path) -> RunInfo:
-    plan = read_json(run_dir / PLAN_FILE) or {}
-    job = read_job_record(run_dir)
-    return RunInfo(
-        run_dir=run_dir,
-        name=str(plan.get("name", run_dir.name)),
-        target=str(plan.get("target", "?")),
-        nodes=plan.get("nodes"),
-        job_id=str(job["job_id"]) if job and job.get("job_id") else None,
-        point=job.get("point") if job else None,
-        submitted=job is not None,
-        task_job_id=_task_job_id(run_dir) if job and job.get("array_job_id") else None,
-    )
-
-
-def _task_job_id(run_dir: Path) -> str | None:
-    logs = sorted((run_dir / "logs").glob("slurm-*.out"), key=lambda p: p.stat().st_mtime)
-    ids = [p.stem.removeprefix("slurm-") for p in logs]
-    ids = [i for i in ids if i.isdigit()]
-    return ids[-1] if ids else None
-
-
-def run_states(infos: list[RunInfo]) -> StateReport:
-    """job_states for runs (array tasks also under their own job id, for the job completion log)."""
+def run_states(infos: list) -> StateReport:
+    """job_states for runs (launcher.rundir.info.RunInfo; array tasks also under their own job id,
+    for the job completion log)."""
     aliases = {i.job_id: i.task_job_id for i in infos if i.job_id and i.task_job_id}
     return job_states([i.job_id for i in infos if i.job_id], aliases)
-
-
-FINAL_NODE_STATES = ("done", "failed")  # launcher.run.node writes joining -> running -> done | failed
-
-
-def local_state(run_dir: Path, nodes: int | None) -> str:
-    """What the node status files say, for runs with no Slurm job (local, or unknown to Slurm)."""
-    status = node_status(run_dir)
-    if not status:
-        return "no status yet"
-    failed = [r for r, d in status.items() if _failed(d)]
-    if failed:
-        return f"FAILED (node {', '.join(map(str, failed))})"
-    states = {r: str(d.get("state", "?")) for r, d in status.items()}
-    if (not nodes or len(status) >= nodes) and all(s == "done" for s in states.values()):
-        return "COMPLETED (status files)"
-    shown = ", ".join(f"node {r} {s}" for r, s in sorted(states.items()))
-    missing = f", {nodes - len(status)} node(s) not reported" if nodes and len(status) < nodes else ""
-    return f"{shown}{missing} (status files)"
-
-
-def nodes_finished(run_dir: Path, nodes: int | None) -> bool:
-    """Every node's status file says done, or one says failed."""
-    status = node_status(run_dir)
-    if any(_failed(d) for d in status.values()):
-        return True
-    return bool(nodes) and len(status) >= nodes and all(d.get("state") in FINAL_NODE_STATES for d in status.values())
-
-
-def _failed(data: dict) -> bool:
-    for key in ("exit_code", "returncode"):
-        if isinstance(data.get(key), int) and data[key] != 0:
-            return True
-    state = str(data.get("state", data.get("status", ""))).lower()
-    return state in ("failed", "error", "killed", "timeout") or data.get("ok") is False

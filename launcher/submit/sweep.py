@@ -20,8 +20,10 @@ from launcher.errors import UserError
 from launcher.plan import HostFacts
 from launcher.recipe import Override, load_recipe, parse_override
 from launcher.render.sbatch import SCRIPT_NAME, render_array_sbatch, sbatch_header_lines
-from launcher.submit.prepare import PreparedRun, prepare_run
-from launcher.submit.rundir import new_run_dir, write_run_dir
+from launcher.rundir.create import new_run_dir, write_run_dir
+from launcher.rundir.layout import LOGS_DIR, SWEEP_FILE
+from launcher.submit.prefetch import hf_cache_env
+from launcher.submit.prepare import PreparedRun, prepare_run, write_prepared
 
 # Keys a job array cannot vary: every task gets the same resources, name and parent dir.
 FIXED_KEYS = ("cluster", "output_dir", "name")
@@ -98,7 +100,6 @@ def prepare_sweep(
     axes: list[SweepAxis],
     host: HostFacts,
     argv: list[str],
-    cache_env: dict[str, str],
 ) -> PreparedSweep:
     """Validate every point, plan and render in memory (nothing written; UserError on any problem)."""
     swept = {axis.key for axis in axes}
@@ -127,21 +128,18 @@ def prepare_sweep(
         raise UserError("--sweep: the points need different Slurm resources; a job array gives every task the same")
     for run in runs:
         run.files.pop(SCRIPT_NAME, None)  # the array script (in the sweep dir) is what runs
-    script = render_array_sbatch([run.plan for run in runs], runs[0].recipe, str(sweep_dir), cache_env)
+    script = render_array_sbatch([run.plan for run in runs], runs[0].recipe, str(sweep_dir), hf_cache_env())
     sweep = {
         "recipe": recipe_path,
         "axes": {axis.key: axis.values for axis in axes},
         "runs": [{"index": i, "point": points[i], "run_dir": str(run.run_dir)} for i, run in enumerate(runs)],
     }
-    files = {SCRIPT_NAME: script, "sweep.json": json.dumps(sweep, indent=2) + "\n"}
+    files = {SCRIPT_NAME: script, SWEEP_FILE: json.dumps(sweep, indent=2) + "\n"}
     return PreparedSweep(sweep_dir, runs, points, files)
 
 
 def write_sweep(sweep: PreparedSweep) -> None:
     """The sweep dir first (it is the run dirs' parent), then every run dir; logs/ dirs exist before sbatch."""
-    write_run_dir(sweep.sweep_dir, sweep.files)
-    (sweep.sweep_dir / "logs").mkdir(exist_ok=True)
+    write_run_dir(sweep.sweep_dir, sweep.files, dirs=(LOGS_DIR,))
     for run in sweep.runs:
-        write_run_dir(run.run_dir, run.files)
-        (run.run_dir / "logs").mkdir(exist_ok=True)
-        (run.run_dir / "status").mkdir(exist_ok=True)
+        write_prepared(run)

@@ -7,12 +7,15 @@ recipe.yaml and plan.json.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
+
+from launcher import faults
+from launcher.rundir.durable import write_json
+from launcher.rundir.layout import MODEL_DIR, PLAN_FILE, RECIPE_FILE, RESULTS_FILE
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the fork after tokenization would warn
 
@@ -30,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from launcher.train.preemption import StopRequest
     from launcher.train.status import rank_status
 
-    plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
-    recipe = load_resolved(run_dir / "recipe.yaml")
+    plan = Plan.from_dict(json.loads((run_dir / PLAN_FILE).read_text()))
+    recipe = load_resolved(run_dir / RECIPE_FILE)
     who = RankIdentity.from_env(plan.procs_per_node)
     stop = StopRequest()
     stop.install()
@@ -51,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(run_dir: Path, recipe, plan, who, stop) -> None:
-    import torch
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from launcher.train.checkpoint import Checkpointer, Position, check_resumable, latest_valid, recipe_fingerprint
+    from launcher.rundir.checkpoints import latest_valid
+    from launcher.rundir.status import clear_requeue_marker, write_requeue_marker
+    from launcher.train.checkpoint import Checkpointer, Position, check_resumable, recipe_fingerprint
     from launcher.train.data import build_loaders
-    from launcher.train.loop import fit, steps_for
+    from launcher.train.loop import Trainer
     from launcher.train.model import load_model, load_tokenizer
-    from launcher.train.preemption import REQUEUE_MARKER, write_requeue_marker
     from launcher.train.progress import make_progress
     from launcher.train.records import RankRecords
     from launcher.train.save import save_model
@@ -90,17 +93,16 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
 
     # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would step it
     # once per process), so its length is exactly the planned number of optimizer steps.
-    per_epoch, epochs, total = steps_for(len(loaders.train), plan.gradient_accumulation_steps, recipe)
-    if plan.total_steps is not None and plan.total_steps != total:
-        raise RuntimeError(f"planned {plan.total_steps} optimizer steps but the data gives {total}")
-    warmup = recipe.train.warmup_steps or math.ceil(recipe.train.warmup_ratio * total)
-    scheduler = get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    steps = schedule_for(plan, len(loaders.train), recipe)
+    scheduler = get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=steps.warmup_steps,
+                              num_training_steps=steps.total_steps)  # fmt: skip
     accelerator.register_for_checkpointing(scheduler)
     records.write(
         "setup", world_size=accelerator.num_processes, device=str(accelerator.device),
         distributed_type=str(accelerator.distributed_type), mixed_precision=accelerator.mixed_precision,
         train_rows=loaders.train_rows, eval_rows=loaders.eval_rows, micro_batches_per_epoch=len(loaders.train),
-        steps_per_epoch=per_epoch, epochs=epochs, total_steps=total, warmup_steps=warmup,
+        steps_per_epoch=steps.steps_per_epoch, epochs=steps.epochs, total_steps=steps.total_steps,
+        warmup_steps=steps.warmup_steps,
     )  # fmt: skip
 
     # --- resume from the newest valid checkpoint, if this run has one (requeue, --resume)
@@ -113,17 +115,17 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
         start = Position(manifest["step"], manifest["epoch"], manifest["batches"], manifest["samples"])
         records.write("resume", step=start.step, epoch=start.epoch, batches=start.batches, checkpoint=checkpoint.name)
         if accelerator.is_main_process:
-            (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
+            clear_requeue_marker(run_dir)
             print(f"[train] resumed from {checkpoint.name}: step {start.step}, epoch {start.epoch}, "
                   f"batch {start.batches}", flush=True)  # fmt: skip
-    checkpointer = Checkpointer(accelerator, run_dir, recipe, keep=recipe.train.save_total_limit,
-                                hf_files=(accelerator.unwrap_model(model).config, tokenizer))  # fmt: skip
+    checkpointer = Checkpointer(accelerator, run_dir, recipe, hf_files=(accelerator.unwrap_model(model).config, tokenizer))
 
     # --- fit (+ evaluate and checkpoint on the planned cadence)
-    progress = make_progress(accelerator.is_main_process, total)
+    progress = make_progress(accelerator.is_main_process, steps.total_steps)
+    trainer = Trainer(accelerator, model, optimizer, scheduler, loaders, recipe, steps, plan.backend, records,
+                      progress, checkpointer, stop)  # fmt: skip
     try:
-        result = fit(accelerator, model, optimizer, scheduler, loaders, recipe, plan, records, progress,
-                     checkpointer, stop, start)  # fmt: skip
+        result = trainer.fit(start)
     finally:
         progress.close()
 
@@ -139,12 +141,13 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     # --- save
     final = result.evals[-1] if result.evals else None
     info = {"name": recipe.name, "steps": result.steps, "metrics": final["metrics"] if final else {}}
-    save_model(accelerator, model, tokenizer, run_dir / "model", info)
+    save_model(accelerator, model, tokenizer, run_dir / MODEL_DIR, info)
     records.write("summary", steps=result.steps, epochs=result.epochs_run, samples=result.samples,
                   train_seconds=result.seconds, final=final["metrics"] if final else None)  # fmt: skip
-    accelerator.wait_for_everyone()  # every rank's summary is on disk before the report reads them
+    accelerator.wait_for_everyone()  # every rank's summary is on disk before results.json says "finished"
     if accelerator.is_main_process:
-        summary = {
+        faults.reach("results")
+        write_json(run_dir / RESULTS_FILE, {
             "name": recipe.name,
             "steps": result.steps,
             "epochs": result.epochs_run,
@@ -152,15 +155,28 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
             "train_seconds": result.seconds,
             "wall_seconds": round(time.time() - started, 3),
             "final_eval": final,
-            "model_dir": str(run_dir / "model"),
-        }
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+            "model_dir": str(run_dir / MODEL_DIR),
+        })  # fmt: skip
         if final:
             print(f"[train] final {json.dumps({k: round(v, 4) for k, v in final['metrics'].items()})}", flush=True)
-        print(f"[train] model saved to {run_dir / 'model'}", flush=True)
-        write_report(run_dir)
+        print(f"[train] model saved to {run_dir / MODEL_DIR}", flush=True)
     accelerator.end_training()
     records.close()
+
+
+def schedule_for(plan, loader_length: int, recipe):
+    """The plan's step counts, checked against the data as loaded; computed from it (with the plan's
+    own arithmetic) when the plan could not count the rows (a Hub dataset)."""
+    from launcher.plan.steps import schedule
+
+    if plan.micro_batches_per_epoch is None:
+        return schedule(loader_length, plan.gradient_accumulation_steps, recipe.train)
+    if loader_length != plan.micro_batches_per_epoch:
+        raise RuntimeError(
+            f"planned {plan.micro_batches_per_epoch} micro-batches per epoch but the data gives {loader_length} "
+            "(did the data files change since submit?)"
+        )
+    return plan.schedule
 
 
 def make_adamw(groups: list[dict], recipe, fused: bool):
@@ -175,18 +191,6 @@ def make_adamw(groups: list[dict], recipe, fused: bool):
         except (RuntimeError, ValueError, TypeError):
             pass  # a device or dtype without the fused kernel
     return torch.optim.AdamW(groups, foreach=fused or None, **kwargs)
-
-
-def write_report(run_dir: Path) -> None:
-    """The run's report (report.json/.md, curves.png, merged metrics.jsonl); a finished job must not
-    fail because a plot could not be drawn: `ftlaunch collect RUN` can redo it."""
-    try:
-        from launcher.collect import collect_run
-
-        collect_run(run_dir, quiet=True)
-        print(f"[train] report: {run_dir / 'report.md'}", flush=True)
-    except Exception as exc:  # noqa: BLE001
-        print(f"[train] warning: no report ({type(exc).__name__}: {exc}); run ftlaunch collect {run_dir}", flush=True)
 
 
 if __name__ == "__main__":

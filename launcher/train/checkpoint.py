@@ -1,26 +1,37 @@
-"""Checkpoints: accelerate's save_state (model, optimizer, scheduler, every rank's RNG, scaler) plus
-where the data stood, written atomically with a manifest; resume picks the newest valid one.
+"""Writing checkpoints: accelerate's save_state (model, optimizer, scheduler, every rank's RNG,
+scaler) plus where the data stood, published whole or not at all; and the resume check.
 
-Layout: RUN/checkpoints/step-00000120/{manifest.json, state/..., hf/ (config + tokenizer)}. A checkpoint is written into a
-hidden `.step-....partial` dir and renamed into place, so a crash never leaves a half-written
-`step-*`. A `step-*` whose manifest is missing or disagrees with its files (a truncated file, a
-missing shard) is skipped, with a warning, in favour of the next older one.
+A checkpoint is written into a hidden staging dir, its manifest (size and sha256 of every state
+file) last; then every file is fsynced and the dir renamed into place. Re-writing a step that
+exists moves the old copy aside first and deletes it only once the new one is in place, so a
+crash at any moment leaves a complete copy of every step (launcher.rundir.checkpoints reads them).
+Retention: the newest `train.save_total_limit` and the best one by the recipe's selection metric.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher import faults
 from launcher.recipe import Recipe, dump_recipe
-
-MANIFEST = "manifest.json"
+from launcher.recipe.schema import metric_goal
+from launcher.rundir.checkpoints import (
+    HF_DIR,
+    MANIFEST,
+    REPLACED_SUFFIX,
+    STATE_DIR,
+    checkpoint_name,
+    checkpoints_root,
+    complete_checkpoints,
+    describe_files,
+    to_keep,
+)
+from launcher.rundir.durable import fsync_dir, fsync_tree, write_json
 
 
 @dataclass(frozen=True)
@@ -47,99 +58,65 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(dump_recipe(relevant).encode()).hexdigest()[:16]
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), key=lambda p: p.name)
-
-
-def _files(state_dir: Path) -> dict[str, int]:
-    return {
-        str(path.relative_to(state_dir)): path.stat().st_size
-        for path in sorted(state_dir.rglob("*"))
-        if path.is_file()
-    }
-
-
-def verify(checkpoint: Path) -> tuple[dict | None, str | None]:
-    """(manifest, None) if the checkpoint is complete, else (None, why not)."""
-    manifest_path = checkpoint / MANIFEST
-    if not manifest_path.is_file():
-        return None, "no manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return None, f"unreadable manifest ({exc})"
-    actual = _files(checkpoint / "state")
-    for name, size in manifest.get("files", {}).items():
-        if name not in actual:
-            return None, f"{name} is missing"
-        if actual[name] != size:
-            return None, f"{name} is {actual[name]} bytes, the manifest says {size}"
-    return manifest, None
-
-
-def latest_valid(run_dir: Path) -> tuple[Path, dict] | None:
-    for checkpoint in reversed(checkpoint_dirs(run_dir)):
-        manifest, problem = verify(checkpoint)
-        if manifest is not None:
-            return checkpoint, manifest
-        warnings.warn(f"skipping checkpoint {checkpoint.name}: {problem}", stacklevel=2)
-    return None
-
-
-def last_checkpoint_step(run_dir: Path) -> int | None:
-    """The newest complete checkpoint's step (for `ftlaunch status`), without loading anything."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = latest_valid(run_dir)
-    return found[1]["step"] if found else None
-
-
 class Checkpointer:
-    def __init__(self, accelerator, run_dir: Path, recipe: Recipe, keep: int, hf_files: tuple | None = None):
+    def __init__(self, accelerator, run_dir: Path, recipe: Recipe, hf_files: tuple | None = None):
         self.accelerator = accelerator
-        self.root = run_dir / "checkpoints"
+        self.run_dir = Path(run_dir)
+        self.root = checkpoints_root(run_dir)
         self.fingerprint = recipe_fingerprint(recipe)
-        self.keep = keep
+        self.keep = recipe.train.save_total_limit
+        self.metric = recipe.selection_metric
         self.hf_files = hf_files  # (model config, tokenizer): makes a checkpoint exportable on its own
 
     def save(self, position: Position, metrics: dict | None = None) -> Path:
         """Collective: every rank calls it (each writes its own RNG state; ZeRO ranks their shards)."""
         accelerator = self.accelerator
-        final = self.root / f"step-{position.step:08d}"
-        staging = self.root / f".step-{position.step:08d}.partial"
+        name = checkpoint_name(position.step)
+        final = self.root / name
+        staging = self.root / f".{name}.partial"
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
-            (staging / "state").mkdir(parents=True)
+            (staging / STATE_DIR).mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging / "state"))
+        accelerator.save_state(str(staging / STATE_DIR))
         accelerator.wait_for_everyone()  # every rank's files are on disk
         if accelerator.is_main_process:
+            if self.hf_files:
+                for part in self.hf_files:
+                    part.save_pretrained(staging / HF_DIR)
+            faults.reach("checkpoint.staged")
             manifest = {
                 **asdict(position),
                 "world_size": accelerator.num_processes,
                 "recipe_fingerprint": self.fingerprint,
                 "metrics": metrics or {},
                 "created": time.time(),
-                "files": _files(staging / "state"),
+                "files": describe_files(staging / STATE_DIR),
             }
-            if self.hf_files:
-                for part in self.hf_files:
-                    part.save_pretrained(staging / "hf")
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            if final.exists():  # a resumed run may write the same step again
-                shutil.rmtree(final)
-            os.rename(staging, final)
+            write_json(staging / MANIFEST, manifest)
+            fsync_tree(staging)
+            self._publish(staging, final)
             self._prune()
         accelerator.wait_for_everyone()
         return final
 
+    def _publish(self, staging: Path, final: Path) -> None:
+        replaced = final.with_name(f".{final.name}{REPLACED_SUFFIX}")
+        if final.exists():  # the same step again (a resumed run): keep the old copy until the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.rename(final, replaced)
+            fsync_dir(self.root)
+            faults.reach("checkpoint.replacing")
+        os.rename(staging, final)
+        fsync_dir(self.root)
+        shutil.rmtree(replaced, ignore_errors=True)
+
     def _prune(self) -> None:
-        complete = [p for p in checkpoint_dirs(self.root.parent) if (p / MANIFEST).is_file()]
-        for old in complete[: max(len(complete) - self.keep, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
+        complete = complete_checkpoints(self.run_dir, deep=False, warn=False)
+        keep = to_keep(complete, self.keep, self.metric, metric_goal(self.metric or "loss"))
+        for checkpoint, _manifest in complete:
+            if checkpoint not in keep:
+                shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 class ResumeError(RuntimeError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from launcher import faults
 from launcher.recipe.rules import file_format
 from launcher.recipe.schema import Recipe
 
@@ -34,6 +35,7 @@ def load_raw(recipe: Recipe):
 
 def tokenize(recipe: Recipe, raw, tokenizer, split: str, limit: int | None):
     data = recipe.data
+    faults.reach("tokenize")
     dataset = raw[split]
     if limit is not None and limit < len(dataset):
         dataset = dataset.select(range(limit))

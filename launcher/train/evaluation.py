@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from launcher import faults
 from launcher.recipe.schema import Recipe
 from launcher.train.metrics import compute_metrics
 
@@ -23,6 +24,7 @@ def evaluate(model, loader, accelerator, recipe: Recipe) -> dict:
         logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
         logits_parts.append(logits.cpu())
         label_parts.append(labels.cpu())
+        faults.reach("eval.batch")
     if was_training:
         model.train()
     logits = torch.cat(logits_parts)

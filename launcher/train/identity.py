@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass
 
+from launcher.rundir.jobs import current_attempt
+
 
 @dataclass(frozen=True)
 class RankIdentity:
@@ -24,5 +26,5 @@ class RankIdentity:
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             node=node,
             host=socket.gethostname(),
-            attempt=int(os.environ.get("FTL_ATTEMPT_BASE") or 0) + int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+            attempt=current_attempt(),
         )

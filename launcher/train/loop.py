@@ -1,15 +1,24 @@
 """The training loop: gradient accumulation via accelerate, one scheduler step per optimizer step,
 evaluation, checkpoints and stop requests on the planned cadence, no host sync except at logging
-steps (and the tiny stop-agreement all-reduce)."""
+steps (and the tiny stop-agreement all-reduce).
+
+    for each epoch from where the run stands:
+        skip the micro-batches a resumed run already consumed
+        for each micro-batch: forward, backward, (optimizer step) -> log, evaluate, save, stop?
+        the epoch ends: evaluate, save (epoch strategy)
+    evaluate the final model (if its step was not evaluated yet)
+"""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from launcher import faults
+from launcher.plan.steps import Schedule
 from launcher.recipe.schema import Recipe
 from launcher.train.checkpoint import Position
 from launcher.train.evaluation import evaluate
@@ -44,6 +53,31 @@ class Window:
 
 
 @dataclass
+class RunState:
+    """Where the run stands: what a checkpoint records and a resumed run starts from."""
+
+    step: int = 0
+    epoch: int = 0
+    batches: int = 0  # micro-batches of `epoch` consumed (per process)
+    samples: int = 0  # training rows this rank saw before the current window
+    evaluated_at: int = -1  # the step of the newest evaluation
+    saved_at: int = -1  # the step of the newest checkpoint
+    evals: list[dict] = field(default_factory=list)
+    last_checkpoint: Path | None = None
+
+    @classmethod
+    def resumed_from(cls, start: Position | None) -> RunState:
+        if start is None:
+            return cls()
+        # The checkpoint it resumes from is this step's: saving it again would gain nothing.
+        return cls(step=start.step, epoch=start.epoch, batches=start.batches, samples=start.samples, saved_at=start.step)
+
+    def progress(self, micro_batches_per_epoch: int) -> float:
+        """Epochs done, as a fraction (1.5 = half-way through the second epoch)."""
+        return round(self.epoch + self.batches / max(micro_batches_per_epoch, 1), 4)
+
+
+@dataclass
 class FitResult:
     steps: int
     epochs_run: int
@@ -51,16 +85,7 @@ class FitResult:
     seconds: float
     evals: list[dict]
     preempted: bool = False
-    last_checkpoint: object = None
-
-
-def steps_for(loader_len: int, accumulation: int, recipe: Recipe) -> tuple[int, int, int]:
-    """(optimizer steps per epoch, epochs, total steps) from the prepared loader's length."""
-    per_epoch = math.ceil(loader_len / accumulation)
-    if recipe.train.max_steps:
-        total = recipe.train.max_steps
-        return per_epoch, math.ceil(total / per_epoch), total
-    return per_epoch, recipe.train.epochs, per_epoch * recipe.train.epochs
+    last_checkpoint: Path | None = None
 
 
 def param_checksum(model) -> float:
@@ -69,99 +94,114 @@ def param_checksum(model) -> float:
         return float(sum(p.detach().double().sum() for p in model.parameters()))
 
 
-def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan, records, progress,
-        checkpointer, stop, start: Position | None = None) -> FitResult:  # fmt: skip
-    train = recipe.train
-    per_epoch, epochs, total = steps_for(len(loaders.train), plan.gradient_accumulation_steps, recipe)
-    checksum = plan.backend == "ddp"  # ZeRO-3 shards parameters: a local sum means nothing there
-    step = start.step if start else 0
-    samples = start.samples if start else 0
-    evals: list[dict] = []
-    evaluated_at = saved_at = -1
-    last_checkpoint = None
-    window = Window()
-    started = time.perf_counter()
-    model.train()
+@dataclass
+class Trainer:
+    """What the loop works with; `fit` is the loop itself."""
 
-    def run_eval(epoch_float: float) -> None:
-        nonlocal evaluated_at
-        result = evaluate(model, loaders.eval, accelerator, recipe)
-        result.update(step=step, epoch=round(epoch_float, 4))
-        evals.append(result)
-        evaluated_at = step
-        records.write("eval", **result)
-        accelerator.log(result["metrics"], step=step)
+    accelerator: object
+    model: object
+    optimizer: object
+    scheduler: object
+    loaders: object
+    recipe: Recipe
+    schedule: Schedule
+    backend: str
+    records: object
+    progress: object
+    checkpointer: object
+    stop: object
+
+    def fit(self, start: Position | None = None) -> FitResult:
+        run = RunState.resumed_from(start)
+        train, total = self.recipe.train, self.schedule.total_steps
+        loader = self.loaders.train
+        window = Window()
+        started = time.perf_counter()
+        self.model.train()
+        self.stop.in_loop = True
+        faults.reach("train.before_first_step")
+        while run.epoch < self.schedule.epochs and run.step < total:
+            loader.set_epoch(run.epoch)  # the order depends on seed + epoch only: a resumed run replays it
+            # Resume mid-epoch at the next unseen micro-batch (none left: the epoch only has to end).
+            skip = run.batches
+            batches = [] if skip >= len(loader) else self.accelerator.skip_first_batches(loader, skip) if skip else loader
+            for run.batches, batch in enumerate(batches, start=skip + 1):
+                with self.accelerator.accumulate(self.model):
+                    outputs = self.model(**batch)
+                    self.accelerator.backward(outputs.loss)
+                    if self.accelerator.sync_gradients and train.max_grad_norm:
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+                    self.optimizer.step()
+                    if self.accelerator.sync_gradients and not self.accelerator.optimizer_step_was_skipped:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                window.add(outputs.loss, batch)
+                if not self.accelerator.sync_gradients:
+                    continue
+                run.step += 1
+                window.steps += 1
+                faults.reach("train.step", run.step)
+                if run.step % train.logging_steps == 0 or run.step == total:
+                    run.samples += window.samples
+                    self._log(run, window, len(loader))
+                    window = Window()
+                if train.eval_strategy == "steps" and run.step % train.eval_steps == 0:
+                    self._evaluate(run, len(loader))
+                if train.save_strategy == "steps" and run.step % train.save_steps == 0:
+                    self._save(run, run.samples + window.samples)
+                if self.stop.agreed(self.accelerator):
+                    if run.saved_at != run.step:
+                        self._save(run, run.samples + window.samples)
+                    self.stop.in_loop = False
+                    return self._result(run, window, started, preempted=True)
+                if run.step >= total:
+                    break
+            else:  # every micro-batch of the epoch was consumed
+                run.epoch, run.batches = run.epoch + 1, 0
+            # One place where an epoch (or the run, at max_steps) ends: evaluate, then checkpoint.
+            if train.eval_strategy == "epoch":
+                self._evaluate(run, len(loader))
+            if train.save_strategy == "epoch":
+                self._save(run, run.samples + window.samples)
+        self.stop.in_loop = False
+        self._evaluate(run, len(loader))  # the reported metric is always that of the final model
+        return self._result(run, window, started)
+
+    def _log(self, run: RunState, window: Window, length: int) -> None:
+        info = window.summary()
+        lr = self.scheduler.get_last_lr()[0]
+        # ZeRO-3 shards parameters: a local sum means nothing there
+        extra = {"param_checksum": param_checksum(self.model)} if self.backend == "ddp" else {}
+        epoch = run.progress(length)
+        self.records.write("train", step=run.step, epoch=epoch, lr=lr, **info, **extra)
+        self.accelerator.log({"train_loss": info["loss"], "lr": lr, "samples_per_s": info["samples_per_s"]}, step=run.step)
+        self.progress.update(run.step, {"epoch": f"{epoch:.2f}", "loss": f"{info['loss']:.4f}", "lr": f"{lr:.2e}"})
+
+    def _evaluate(self, run: RunState, length: int) -> None:
+        if self.loaders.eval is None or run.evaluated_at == run.step:
+            return
+        result = evaluate(self.model, self.loaders.eval, self.accelerator, self.recipe)
+        result.update(step=run.step, epoch=run.progress(length))
+        run.evals.append(result)
+        run.evaluated_at = run.step
+        self.records.write("eval", **result)
+        self.accelerator.log(result["metrics"], step=run.step)
         shown = {k: round(v, 4) for k, v in result["metrics"].items()}
-        progress.message(f"eval at step {step}: {shown} ({result['rows']} rows, {result['seconds']} s)")
+        self.progress.message(f"eval at step {run.step}: {shown} ({result['rows']} rows, {result['seconds']} s)")
 
-    def save(position: Position) -> None:
-        nonlocal saved_at, last_checkpoint
-        metrics = evals[-1]["metrics"] if evals and evaluated_at == step else None
+    def _save(self, run: RunState, samples: int) -> None:
+        if run.saved_at == run.step:
+            return
+        metrics = run.evals[-1]["metrics"] if run.evals and run.evaluated_at == run.step else None
+        position = Position(run.step, run.epoch, run.batches, samples)
         began = time.perf_counter()
-        last_checkpoint = checkpointer.save(position, metrics)
-        saved_at = step
-        records.write("checkpoint", step=step, epoch=position.epoch, batches=position.batches, path=last_checkpoint.name,
-                      seconds=round(time.perf_counter() - began, 3))  # fmt: skip
-        progress.message(f"checkpoint at step {step}: {last_checkpoint}")
+        run.last_checkpoint = self.checkpointer.save(position, metrics)
+        run.saved_at = run.step
+        self.records.write("checkpoint", step=run.step, epoch=run.epoch, batches=run.batches,
+                           path=run.last_checkpoint.name, seconds=round(time.perf_counter() - began, 3))  # fmt: skip
+        self.progress.message(f"checkpoint at step {run.step}: {run.last_checkpoint}")
 
-    def result(preempted: bool = False) -> FitResult:
-        return FitResult(step, epoch + 1, samples + window.samples, round(time.perf_counter() - started, 3), evals,
-                         preempted, last_checkpoint)  # fmt: skip
-
-    first_epoch = start.epoch if start else 0
-    epoch = first_epoch
-    stop.in_loop = True
-    for epoch in range(first_epoch, epochs):
-        loaders.train.set_epoch(epoch)
-        length = len(loaders.train)
-        skip = start.batches if start and epoch == start.epoch else 0
-        # Resume mid-epoch at the next unseen batch (same shuffle: the order depends on seed + epoch).
-        batches = accelerator.skip_first_batches(loaders.train, skip) if 0 < skip < length else ([] if skip else loaders.train)
-        epoch_float = epoch + skip / length
-        for micro_index, batch in enumerate(batches, start=skip):
-            with accelerator.accumulate(model):
-                outputs = model(**batch)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and train.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.add(outputs.loss, batch)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            window.steps += 1
-            epoch_float = epoch + (micro_index + 1) / length
-            if step % train.logging_steps == 0 or step == total:
-                info = window.summary()
-                samples += window.samples
-                lr = scheduler.get_last_lr()[0]
-                extra = {"param_checksum": param_checksum(model)} if checksum else {}
-                records.write("train", step=step, epoch=round(epoch_float, 4), lr=lr, **info, **extra)
-                accelerator.log({"train_loss": info["loss"], "lr": lr, "samples_per_s": info["samples_per_s"]}, step=step)
-                progress.update(step, {"epoch": f"{epoch_float:.2f}", "loss": f"{info['loss']:.4f}", "lr": f"{lr:.2e}"})
-                window = Window()
-            if loaders.eval is not None and train.eval_strategy == "steps" and step % train.eval_steps == 0:
-                run_eval(epoch_float)
-            position = Position(step, epoch, micro_index + 1, samples + window.samples)
-            if train.save_strategy == "steps" and step % train.save_steps == 0:
-                save(position)
-            if stop.agreed(accelerator):
-                if saved_at != step:
-                    save(position)
-                stop.in_loop = False
-                return result(preempted=True)
-            if step >= total:
-                break
-        if loaders.eval is not None and train.eval_strategy == "epoch" and evaluated_at != step:
-            run_eval(epoch_float)
-        if train.save_strategy == "epoch" and saved_at != step:
-            save(Position(step, epoch + 1, 0, samples + window.samples))
-        if step >= total:
-            break
-    stop.in_loop = False
-    if loaders.eval is not None and evaluated_at != step:
-        run_eval(epoch_float)  # the reported metric is always that of the final model
-    return result()
+    def _result(self, run: RunState, window: Window, started: float, preempted: bool = False) -> FitResult:
+        epochs_run = run.epoch + (1 if run.batches else 0)
+        return FitResult(run.step, epochs_run, run.samples + window.samples, round(time.perf_counter() - started, 3),
+                         run.evals, preempted, run.last_checkpoint)  # fmt: skip

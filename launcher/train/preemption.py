@@ -7,15 +7,10 @@ stops the rank at once.
 
 from __future__ import annotations
 
-import json
 import signal
-import time
-from pathlib import Path
 
-from launcher.jsonfiles import write_json_atomic
+from launcher import faults
 from launcher.train.status import Stopped
-
-REQUEUE_MARKER = "status/requeue"  # the batch script requeues the job when it finds this
 
 
 class StopRequest:
@@ -29,6 +24,7 @@ class StopRequest:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum, _frame) -> None:
+        faults.wake()
         if not self.in_loop:
             raise Stopped(signum)
         self.requested = True
@@ -45,19 +41,3 @@ class StopRequest:
         flag = torch.tensor([1.0 if self.requested else 0.0], device=accelerator.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-
-def write_requeue_marker(run_dir: Path, step: int, checkpoint: Path, signum: int | None) -> None:
-    name = signal.Signals(signum).name if signum else "a peer's request"
-    write_json_atomic(
-        run_dir / REQUEUE_MARKER,
-        {"step": step, "checkpoint": str(checkpoint), "signal": name, "time": time.time()},
-    )
-
-
-def read_requeue_marker(run_dir: Path) -> dict | None:
-    path = run_dir / REQUEUE_MARKER
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

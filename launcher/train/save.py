@@ -6,6 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
+from launcher import faults
+from launcher.rundir.durable import fsync_dir, fsync_tree
+
 
 def save_model(accelerator, model, tokenizer, out_dir: Path, info: dict) -> None:
     """All ranks must call this (DeepSpeed ZeRO-3 gathers the state dict collectively)."""
@@ -24,9 +27,15 @@ def save_model(accelerator, model, tokenizer, out_dir: Path, info: dict) -> None
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(staging)
         (staging / "ftlaunch.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        fsync_tree(staging)
+        faults.reach("model.staged")
+        replaced = out_dir.with_name(f".{out_dir.name}.replaced")
+        if out_dir.exists():  # a resumed run saves again: the old copy goes only once the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            out_dir.rename(replaced)
         staging.rename(out_dir)
+        fsync_dir(out_dir.parent)
+        shutil.rmtree(replaced, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 

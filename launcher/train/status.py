@@ -1,4 +1,4 @@
-"""Per-rank status files (run_dir/status/rank-N.json): running -> done | failed.
+"""This rank's status file (RUN/status/rank-R.json): running -> done | failed | stopped.
 
 The node agent reads them when its ranks exit, to say which rank failed and why; a rank still
 "running" after its process is gone died without reporting (killed, out of memory, segfault).
@@ -12,7 +12,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from launcher.jsonfiles import write_json_atomic
+from launcher.processes import process_start_time
+from launcher.rundir.status import write_status
 from launcher.train.identity import RankIdentity
 
 
@@ -27,24 +28,21 @@ class Stopped(SystemExit):
         return f"stopped by signal {self.signum}"
 
 
-def rank_status_path(run_dir: Path, rank: int) -> Path:
-    return run_dir / "status" / f"rank-{rank}.json"
-
-
 @contextmanager
 def rank_status(run_dir: Path, who: RankIdentity):
-    path = rank_status_path(run_dir, who.rank)
-    base = {"rank": who.rank, "node": who.node, "host": who.host, "pid": os.getpid(), "attempt": who.attempt}
-    write_json_atomic(path, {**base, "state": "running", "started": time.time()})
+    pid = os.getpid()
+    base = {"rank": who.rank, "node": who.node, "host": who.host, "pid": pid, "pid_started": process_start_time(pid),
+            "attempt": who.attempt}  # fmt: skip
+    write = lambda payload: write_status(run_dir, "rank", who.rank, payload)  # noqa: E731
+    write({**base, "state": "running", "started": time.time()})
     try:
         yield
     except Stopped as exc:
-        write_json_atomic(path, {**base, "state": "stopped", "ended": time.time(), "error": str(exc)})
+        write({**base, "state": "stopped", "ended": time.time(), "error": str(exc)})
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
         lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        write_json_atomic(
-            path,
+        write(
             {
                 **base,
                 "state": "failed",
@@ -54,4 +52,4 @@ def rank_status(run_dir: Path, who: RankIdentity):
             },
         )
         raise
-    write_json_atomic(path, {**base, "state": "done", "ended": time.time()})
+    write({**base, "state": "done", "ended": time.time()})

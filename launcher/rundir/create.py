@@ -1,4 +1,4 @@
-"""Run directories: one new directory per submission, never reused, written all at once."""
+"""New run directories: one per submission, never reused, written all at once."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from launcher.errors import UserError
+from launcher.rundir.durable import fsync_dir, fsync_tree
 
 
 def slug(name: str) -> str:
@@ -29,7 +30,7 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
     raise UserError(f"output_dir {root}: could not find an unused run directory name")
 
 
-def write_run_dir(run_dir: Path, files: dict[str, str | bytes]) -> None:
+def write_run_dir(run_dir: Path, files: dict[str, str | bytes], dirs: tuple[str, ...] = ()) -> None:
     """Write `files` into a hidden temporary dir, then rename it into place: a run dir either
     exists complete or not at all, and an existing one is never written into."""
     parent = run_dir.parent
@@ -42,6 +43,8 @@ def write_run_dir(run_dir: Path, files: dict[str, str | bytes]) -> None:
     staging = parent / f".{run_dir.name}.partial-{os.getpid()}"
     try:
         staging.mkdir()
+        for name in dirs:
+            (staging / name).mkdir(parents=True, exist_ok=True)
         for relative, content in files.items():
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +52,9 @@ def write_run_dir(run_dir: Path, files: dict[str, str | bytes]) -> None:
                 target.write_bytes(content)
             else:
                 target.write_text(content, encoding="utf-8")
+        fsync_tree(staging)
         os.rename(staging, run_dir)  # fails if run_dir appeared meanwhile (non-empty)
+        fsync_dir(parent)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"output_dir {parent}: cannot write the run directory ({exc.strerror})") from None

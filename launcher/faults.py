@@ -1,0 +1,85 @@
+"""Named fault points, for the tests that break a run at exactly one place (the fault matrix).
+
+    FTL_FAULT="checkpoint.staged@0:pause"     rank 0 stops at that point until released or signalled
+    FTL_FAULT="train.step#3@1:kill"           rank 1 SIGKILLs itself right after optimizer step 3
+    FTL_FAULT_DIR=/tmp/x                      where "reached" and "release" files go
+
+A spec is POINT[#N][@RANK]:ACTION, several separated by commas. #N: at the point's N-th visit
+(for train.step: after step N); @RANK: on that global rank only. Actions: pause (write
+FTL_FAULT_DIR/POINT@RANK.reached with the pid, then wait for POINT@RANK.release or any handled
+signal), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError). Unset, a fault
+point costs one truthiness test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "FTL_FAULT"
+DIR_ENV = "FTL_FAULT_DIR"
+ACTIONS = ("pause", "kill", "exit", "raise")
+PAUSE_LIMIT_S = 300
+
+
+@dataclass(frozen=True)
+class Fault:
+    point: str
+    action: str
+    visit: int | None = None
+    rank: int | None = None
+
+
+def parse(text: str) -> list[Fault]:
+    faults = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        where, _, action = item.rpartition(":")
+        if action not in ACTIONS or not where:
+            raise ValueError(f"{ENV}: {item!r}: expected POINT[#N][@RANK]:{'|'.join(ACTIONS)}")
+        where, _, rank = where.partition("@")
+        point, _, visit = where.partition("#")
+        faults.append(Fault(point, action, int(visit) if visit else None, int(rank) if rank else None))
+    return faults
+
+
+_FAULTS = parse(os.environ.get(ENV, ""))
+_visits: dict[str, int] = {}
+_woken = False
+
+
+def wake() -> None:
+    """A signal handler of this process ran: a paused fault point goes on."""
+    global _woken
+    _woken = True
+
+
+def reach(point: str, visit: int | None = None) -> None:
+    """Mark a fault point. `visit` numbers it (a step); default: how often it was reached."""
+    if not _FAULTS:
+        return
+    count = _visits[point] = _visits.get(point, 0) + 1
+    number = count if visit is None else visit
+    rank = int(os.environ.get("RANK", "0"))
+    for fault in _FAULTS:
+        if fault.point == point and fault.visit in (None, number) and fault.rank in (None, rank):
+            _act(fault, rank)
+
+
+def _act(fault: Fault, rank: int) -> None:
+    if fault.action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault.action == "exit":
+        os._exit(1)
+    if fault.action == "raise":
+        raise RuntimeError(f"fault injected at {fault.point}")
+    folder = Path(os.environ.get(DIR_ENV) or ".")
+    name = f"{fault.point}@{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.reached").write_text(json.dumps({"pid": os.getpid(), "rank": rank, "time": time.time()}))
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while not _woken and not (folder / f"{name}.release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
