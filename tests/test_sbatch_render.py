@@ -30,7 +30,8 @@ from launcher.recipe import load_recipe, parse_override
 from launcher.recipe.schema import ContainerSpec
 from launcher.render import render_files
 from launcher.render.sbatch import render_array_sbatch, render_sbatch, sbatch_quote
-from launcher.submit.prefetch import check_offline, hf_cache_env
+from launcher.hfcache import hf_cache_env
+from launcher.submit.prefetch import check_offline
 from launcher.submit.sweep import grid, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]

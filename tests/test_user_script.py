@@ -7,15 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ftl_support import REPO, ftlaunch, only_run_dir
+from ftl_support import ftlaunch, only_run_dir
 from launcher.cli.main import main
 
 # The Hugging Face course, chapter 3 ("A full training" with Accelerate), trimmed to a few steps,

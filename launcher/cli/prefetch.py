@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from launcher.recipe import load_recipe
-    from launcher.submit.prefetch import OFFLINE_VARS, check_offline, hf_cache_env, hub_needs, prefetch
+    from launcher.hfcache import OFFLINE_ENV, hf_cache_env
+    from launcher.submit.prefetch import check_offline, hub_needs, prefetch
 
     recipe = load_recipe(args.recipe, overrides_from(args)).recipe
     cache = hf_cache_env()
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if not hub_needs(recipe):
         print(f"{args.recipe}: nothing to download (local model and data files)")
         return 0
-    offline = [name for name in OFFLINE_VARS if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
+    offline = [name for name in OFFLINE_ENV if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
     if offline:
         raise UserError(f"{', '.join(offline)} set here: prefetch needs the Hub; unset it for this command")
     try:

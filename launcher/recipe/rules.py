@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from launcher.recipe.schema import CLASSIFICATION_METRICS, REGRESSION_METRICS, Recipe
+from launcher.secrets import looks_secret, secret_argument
 
 Problem = tuple[str, str]
 
@@ -23,7 +24,7 @@ EXTENSION_FORMATS = {
 # Slurm --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 _SLURM_TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2}|UNLIMITED|INFINITE)$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "COMET_API_KEY", "NEPTUNE_API_TOKEN")
+_ASSIGNED = re.compile(r"(?<![\w$])([A-Za-z_]\w*)=")  # NAME= in a shell line (export NAME=..., NAME=... cmd)
 
 
 def check(recipe: Recipe) -> list[Problem]:
@@ -42,6 +43,12 @@ def _entrypoint(recipe: Recipe) -> Iterator[Problem]:
         yield "entrypoint.script", f"not a file: {script}"
     elif script.suffix != ".py":
         yield "entrypoint.script", f"{script.name} is not a Python file (.py): accelerate launch runs it with python"
+    carrier = secret_argument(recipe.entrypoint.args)
+    if carrier:
+        yield "entrypoint.args", (
+            f"{carrier} passes a credential on the command line, which the run dir would record (plan.json): "
+            "read it from the environment in your script instead; ftlaunch passes the environment through"
+        )
 
 
 def file_format(path: str, declared: str | None) -> str | None:
@@ -137,8 +144,15 @@ def _cluster(recipe: Recipe) -> Iterator[Problem]:
     for name in cluster.env:
         if not _ENV_NAME.match(name):
             yield f"cluster.env.{name}", "not a valid environment variable name"
-        elif name.upper() in SECRET_ENV:
+        elif looks_secret(name):
             yield f"cluster.env.{name}", "secrets do not belong in a recipe: export it in your shell, ftlaunch passes it through"
+    for index, line in enumerate(cluster.setup):
+        named = [name for name in _ASSIGNED.findall(line) if looks_secret(name)]
+        if named:
+            yield f"cluster.setup.{index}", (
+                f"sets {named[0]}, a credential, which sbatch.sh would record: export it in your shell before "
+                "submitting (ftlaunch passes it through)"
+            )
     if cluster.container and cluster.container.runtime == "apptainer":
         image = cluster.container.image
         if image.endswith(".sif") and "://" not in image and not Path(image).expanduser().is_file():

@@ -17,7 +17,7 @@ def render_files(
 
     Slurm target: with the recipe (its cluster section: partition, time, container, ...) also the
     batch script, sbatch.sh; `cache_env` is the Hugging Face cache paths the job exports
-    (launcher.submit.prefetch.hf_cache_env(): as resolved on the submitting host).
+    (launcher.hfcache.hf_cache_env(): as resolved on the submitting host).
     DeepSpeed backend: with the recipe (max_grad_norm, offload) also deepspeed.json."""
     files = {
         "plan.json": render_plan_json(plan),

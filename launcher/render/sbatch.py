@@ -24,6 +24,7 @@ from pathlib import Path
 
 from launcher import __version__
 from launcher.errors import UserError
+from launcher.hfcache import OFFLINE_ENV
 from launcher.plan import Plan
 from launcher.plan.plan import PORT_SHELL_EXPR
 from launcher.recipe.schema import Recipe
@@ -39,8 +40,6 @@ RUN_DIR_VAR = "FTL_RUN_DIR"
 PYTHON_VAR = "FTL_PYTHON"
 HEAD_VAR = "FTL_HEAD"
 PORT_VAR = "FTL_PORT"
-
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 _SBATCH_BARE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -15,11 +15,12 @@ import sys
 import time
 from importlib import metadata
 
+from launcher.secrets import KNOWN_SECRETS, redact_argv
+
 PACKAGES = (
-    "ftlaunch", "torch", "accelerate", "transformers", "datasets", "evaluate", "deepspeed",
-    "tokenizers", "huggingface-hub", "safetensors", "submitit", "pydantic", "numpy",
+    "ftlaunch", "torch", "accelerate", "transformers", "datasets", "deepspeed",
+    "tokenizers", "huggingface-hub", "safetensors", "pydantic", "numpy",
 )  # fmt: skip
-SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "COMET_API_KEY", "NEPTUNE_API_TOKEN")
 RECORDED_ENV = (
     "CUDA_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE",
     "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS", "NCCL_DEBUG", "SLURM_CLUSTER_NAME",
@@ -61,14 +62,14 @@ def env_record(argv: list[str]) -> dict:
         "host": socket.gethostname(),
         "user": _user(),
         "cwd": cwd,
-        "argv": argv,
+        "argv": redact_argv(argv),
         "python": sys.version.split()[0],
         "executable": sys.executable,
         "platform": platform.platform(),
         "packages": package_versions(),
         "git": git_state(cwd),
         "env": {name: os.environ[name] for name in RECORDED_ENV if name in os.environ},
-        "secrets_passed_through": sorted(name for name in SECRET_NAMES if os.environ.get(name)),
+        "secrets_passed_through": sorted(name for name in KNOWN_SECRETS if os.environ.get(name)),
     }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.hfcache import OFFLINE_ENV, hf_cache_env
 from launcher.recipe.schema import Recipe
 
 CONFIG_FILES = ("config.json",)
@@ -38,22 +39,6 @@ IGNORE_PATTERNS = [
     "*.h5", "*.msgpack", "*.onnx", "*.ot", "*.tflite", "*.mlmodel", "tf_model*", "flax_model*", "rust_model*",
     "onnx/*", "openvino/*", "coreml/*", "*.gguf",
 ]  # fmt: skip
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-def hf_cache_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """HF_HOME, HF_HUB_CACHE, HF_DATASETS_CACHE as huggingface_hub and datasets resolve them here;
-    the sbatch script exports exactly these, so the job reads the cache that was checked."""
-    env = os.environ if environ is None else environ
-
-    def absolute(path: str) -> str:
-        return os.path.abspath(os.path.expanduser(path))
-
-    cache_home = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    home = absolute(env.get("HF_HOME") or os.path.join(cache_home, "huggingface"))
-    hub = absolute(env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub"))
-    datasets = absolute(env.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets"))
-    return {"HF_HOME": home, "HF_HUB_CACHE": hub, "HF_DATASETS_CACHE": datasets}
 
 
 @dataclass(frozen=True)
@@ -187,7 +172,7 @@ def _check_dataset(
     where_dir = data.cache_dir or cache["HF_DATASETS_CACHE"]
     env = dict(os.environ if environ is None else environ)
     env.update(cache)
-    env.update({name: "1" for name in OFFLINE_VARS})
+    env.update(OFFLINE_ENV)
     splits = [data.train_split] + ([data.eval_split] if data.eval_split else [])
     argv = [sys.executable, "-c", _DATASET_PROBE, json.dumps([need.repo_id, need.config, data.cache_dir, splits])]
     try:

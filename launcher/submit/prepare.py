@@ -16,7 +16,7 @@ from launcher.render import render_files
 from launcher.rundir.create import new_run_dir, write_run_dir
 from launcher.rundir.layout import ENV_FILE, LOGS_DIR, RECIPE_FILE, STATUS_DIR
 from launcher.submit.envrecord import render_env_record
-from launcher.submit.prefetch import hf_cache_env
+from launcher.hfcache import hf_cache_env
 from launcher.submit.script import script_files
 
 

@@ -22,7 +22,7 @@ from launcher.recipe import Override, load_recipe, parse_override
 from launcher.render.sbatch import SCRIPT_NAME, render_array_sbatch, sbatch_header_lines
 from launcher.rundir.create import new_run_dir, write_run_dir
 from launcher.rundir.layout import LOGS_DIR, SWEEP_FILE
-from launcher.submit.prefetch import hf_cache_env
+from launcher.hfcache import hf_cache_env
 from launcher.submit.prepare import PreparedRun, prepare_run, write_prepared
 
 # Keys a job array cannot vary: every task gets the same resources, name and parent dir.
