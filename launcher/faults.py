@@ -5,10 +5,10 @@
     FTL_FAULT_DIR=/tmp/x                      where "reached" and "release" files go
 
 A spec is POINT[#N][@RANK]:ACTION, several separated by commas. #N: at the point's N-th visit
-(for train.step: after step N); @RANK: on that global rank only. Actions: pause (write
-FTL_FAULT_DIR/POINT@RANK.reached with the pid, then wait for POINT@RANK.release or any handled
-signal), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError). Unset, a fault
-point costs one truthiness test.
+(for train.step: after step N); @RANK: on that global rank only. Every action first writes
+FTL_FAULT_DIR/POINT@RANK.reached (pid, time). Actions: pause (then wait for POINT@RANK.release or
+any handled signal), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError).
+Unset, a fault point costs one truthiness test.
 """
 
 from __future__ import annotations
@@ -70,16 +70,16 @@ def reach(point: str, visit: int | None = None) -> None:
 
 
 def _act(fault: Fault, rank: int) -> None:
+    folder = Path(os.environ.get(DIR_ENV) or ".")
+    name = f"{fault.point}@{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.reached").write_text(json.dumps({"pid": os.getpid(), "rank": rank, "time": time.time()}))
     if fault.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if fault.action == "exit":
         os._exit(1)
     if fault.action == "raise":
         raise RuntimeError(f"fault injected at {fault.point}")
-    folder = Path(os.environ.get(DIR_ENV) or ".")
-    name = f"{fault.point}@{rank}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.reached").write_text(json.dumps({"pid": os.getpid(), "rank": rank, "time": time.time()}))
     deadline = time.monotonic() + PAUSE_LIMIT_S
     while not _woken and not (folder / f"{name}.release").exists() and time.monotonic() < deadline:
         time.sleep(0.05)

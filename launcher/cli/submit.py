@@ -124,7 +124,7 @@ def _resume(args: argparse.Namespace, overrides, console) -> int:
         raise UserError("--resume RUN continues that run as planned: no recipe, --set, --nodes, --sweep or --dry-run")
     run_dir = resolve_run(args.resume, allow_sweep=False)
     plan, step, attempt = resumable_plan(run_dir, args.local)
-    console.print(f"resuming {run_dir} from step {step} (attempt {attempt})", markup=False, highlight=False)
+    _plain(console, f"resuming {run_dir} from step {step} (attempt {attempt})")
     if args.local:
         from launcher.submit.local import run_local
 
@@ -138,7 +138,7 @@ def _resume(args: argparse.Namespace, overrides, console) -> int:
     record = slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, script,
                               resumed_from_step=step, attempt=attempt)  # fmt: skip
     write_job_record(run_dir, record)
-    console.print(f"submitted Slurm job {submitted.job_id}: {_display(run_dir)}", markup=False, highlight=False)
+    _plain(console, f"submitted Slurm job {submitted.job_id}: {_display(run_dir)}")
     _follow_hint(run_dir, console)
     return 0
 
@@ -170,7 +170,7 @@ def _print_sbatch_command(script: Path, console) -> None:
     from launcher.submit.slurm import sbatch_command
 
     console.print("[bold]sbatch command[/bold] (what submit runs):")
-    console.print("  " + shlex.join(sbatch_command(script)), markup=False, highlight=False, soft_wrap=True)
+    _plain(console, "  " + shlex.join(sbatch_command(script)))
 
 
 def _display(path: Path) -> str:
@@ -184,9 +184,9 @@ def _display(path: Path) -> str:
 
 def _follow_hint(run: Path, console) -> None:
     shown = shlex.quote(_display(run))
-    console.print(f"  follow it:  ftlaunch status {shown}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"  logs:       ftlaunch logs {shown} -f", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"  cancel:     ftlaunch cancel {shown}", markup=False, highlight=False, soft_wrap=True)
+    _plain(console, f"  follow it:  ftlaunch status {shown}")
+    _plain(console, f"  logs:       ftlaunch logs {shown} -f")
+    _plain(console, f"  cancel:     ftlaunch cancel {shown}")
 
 
 def _submit_one(prepared, console) -> int:
@@ -199,10 +199,8 @@ def _submit_one(prepared, console) -> int:
     submitted = submit_script(script)
     write_job_record(prepared.run_dir, slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, script))
     print_plan(prepared.plan, console)
-    console.print(
-        f"submitted Slurm job {submitted.job_id} ({prepared.plan.nodes} node(s)): {_display(prepared.run_dir)}",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    nodes = prepared.plan.nodes
+    _plain(console, f"submitted Slurm job {submitted.job_id} ({nodes} node(s)): {_display(prepared.run_dir)}")
     _follow_hint(prepared.run_dir, console)
     return 0
 
@@ -224,9 +222,7 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
     if args.dry_run:
         print_plan(sweep.runs[0].plan, console)
         for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
-            console.print(
-                f"task {index}: {_point_text(point)} -> {run.run_dir}", markup=False, highlight=False, soft_wrap=True
-            )
+            _plain(console, f"task {index}: {_point_text(point)} -> {run.run_dir}")
         print_files(sweep.files, console)
         _print_sbatch_command(sweep.script, console)
         console.print(f"dry run: nothing launched; {len(sweep.runs)} run dirs written to {sweep.sweep_dir}")
@@ -242,17 +238,17 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
         runs.append(str(run.run_dir))
     array = slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, sweep.script, array=True, runs=runs)
     write_job_record(sweep.sweep_dir, array)
-    console.print(
-        f"submitted Slurm job array {submitted.job_id} ({len(sweep.runs)} tasks): {_display(sweep.sweep_dir)}",
-        markup=False, highlight=False, soft_wrap=True,
-    )  # fmt: skip
+    tasks = len(sweep.runs)
+    _plain(console, f"submitted Slurm job array {submitted.job_id} ({tasks} tasks): {_display(sweep.sweep_dir)}")
     for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
-        console.print(
-            f"  {submitted.job_id}_{index}  {_point_text(point)}  {_display(run.run_dir)}",
-            markup=False, highlight=False, soft_wrap=True,
-        )  # fmt: skip
+        _plain(console, f"  {array_task_id(submitted.job_id, index)}  {_point_text(point)}  {_display(run.run_dir)}")
     _follow_hint(sweep.sweep_dir, console)
     return 0
+
+
+def _plain(console, text: str) -> None:
+    """Printed as is: paths and commands stay whole and copy-pastable (no markup, no wrapping)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _point_text(point: dict) -> str:

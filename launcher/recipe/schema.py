@@ -93,7 +93,9 @@ class TrainSpec(Section):
     eval_steps: int | None = Field(None, ge=1, description="with eval_strategy: steps")
     save_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to write a checkpoint")
     save_steps: int | None = Field(None, ge=1, description="with save_strategy: steps")
-    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the newest ones)")
+    save_total_limit: int = Field(
+        2, ge=1, description="newest checkpoints kept; the best one by the first metric is kept as well"
+    )
     logging_steps: int = Field(10, ge=1, description="optimizer steps between metric records")
 
 

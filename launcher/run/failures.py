@@ -17,6 +17,20 @@ def node_ranks(plan: Plan, machine_rank: int) -> range:
     return range(first, first + plan.procs_per_node)
 
 
+def stopped_on_request(plan: Plan, machine_rank: int, attempt: int) -> bool:
+    """This node's ranks ended because they were asked to stop (outside the training loop, where
+    there is nothing to checkpoint), not because of an error of their own: at least one says
+    "stopped", the others "stopped" too or only lost a peer that stopped first."""
+    states = []
+    for rank in node_ranks(plan, machine_rank):
+        status = read_status(plan.run_dir, "rank", rank)
+        if status is None or status.get("attempt", 0) != attempt:
+            return False
+        lost = status["state"] == "failed" and PEER_LOST.search(status.get("error", ""))
+        states.append("lost" if lost else status["state"])
+    return "stopped" in states and set(states) <= {"stopped", "lost"}
+
+
 def explain_failure(plan: Plan, machine_rank: int, returncode: int, attempt: int) -> dict:
     """Node status fields for a failed node of the built-in trainer: `error` (one line), `rank`,
     `peer_lost`. Order of blame: a rank that raised a real error; a rank that vanished (killed, out of

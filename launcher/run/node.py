@@ -28,8 +28,17 @@ from launcher import processes
 from launcher.plan import Plan
 from launcher.rundir.jobs import current_attempt
 from launcher.rundir.layout import PLAN_FILE
-from launcher.rundir.status import FINAL_STATES, read_requeue_marker, read_statuses, state_word, write_status
-from launcher.run.failures import explain_failure
+from launcher.rundir.checkpoints import latest_valid
+from launcher.rundir.status import (
+    FINAL_STATES,
+    read_requeue_marker,
+    read_status,
+    read_statuses,
+    state_word,
+    write_requeue_marker,
+    write_status,
+)
+from launcher.run.failures import explain_failure, node_ranks, stopped_on_request
 from launcher.run.script import CAPTURE, OutputTail, explain_script_failure, script_env
 
 GRACE_S = 30  # after a hard stop, how long the ranks get before SIGKILL
@@ -37,6 +46,7 @@ STOP_GRACE_S = 600  # after a graceful stop request: time to finish the step and
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; the batch script requeues
 SUPERVISOR_ENV = "FTL_SUPERVISOR_PID"  # a local run's `ftlaunch submit`: the agent stops when it dies
 REPORT_WAIT_S = 30  # node 0 waits this long for the other nodes' final status before the report
+EXIT_BARRIER_S = 60  # after this node's ranks ended, how long its launcher may wait for the other nodes
 
 
 def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
@@ -73,8 +83,10 @@ def write_node_status(plan: Plan, machine_rank: int, **fields) -> None:
 class Launch:
     """`accelerate launch` for this node's ranks, and every way of stopping them."""
 
-    def __init__(self, plan: Plan, machine_rank: int, head: str, port: int):
+    def __init__(self, plan: Plan, machine_rank: int, head: str, port: int, attempt: int):
         self.plan = plan
+        self.machine_rank = machine_rank
+        self.attempt = attempt
         agent = os.getpid()
 
         def in_child() -> None:
@@ -92,6 +104,7 @@ class Launch:
         )  # fmt: skip
         self.tail = OutputTail(self.child) if plan.entrypoint else None
         self.deadline: float | None = None  # after a stop request: when the ranks get killed
+        self.stop_signal: int | None = None
 
     def ranks(self) -> list[int]:
         """The rank processes: torchrun's workers (each in a session of its own), and any the agent
@@ -109,14 +122,36 @@ class Launch:
         self.deadline = min(self.deadline or float("inf"), time.monotonic() + wait)
 
     def wait(self, say) -> int:
+        """The launcher's exit code; 0 whenever every rank of this node ended well (torchrun may fail,
+        or wait up to 5 minutes, at its exit barrier when another node's launcher is gone)."""
+        ranks_seen, ranks_gone_at = False, None
         while self.child.poll() is None:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 say("the ranks did not stop in time: killing them")
                 self.kill()
+            ranks = self.ranks()
+            ranks_seen = ranks_seen or bool(ranks)
+            ranks_gone_at = (ranks_gone_at or time.monotonic()) if ranks_seen and not ranks else None
+            if ranks_gone_at and time.monotonic() - ranks_gone_at > EXIT_BARRIER_S:
+                say(f"the launcher still waits for the other nodes {EXIT_BARRIER_S} s after this node's ranks ended: "
+                    "stopping it")  # fmt: skip
+                self.kill()
+                self.child.wait()
+                break
             processes.reap_adopted(keep=self.child.pid)
             time.sleep(0.2)
         self.kill_leftovers()
+        if self.child.returncode != 0 and self.ended_well():
+            # torchrun's exit barrier fails when another node's launcher ended differently (stopped,
+            # failed): this node's own ranks finished their work, and that is what counts here.
+            return 0
         return self.child.returncode
+
+    def ended_well(self) -> bool:
+        if self.plan.entrypoint is not None:  # a script's ranks write no status: nothing to tell by
+            return False
+        statuses = [read_status(self.plan.run_dir, "rank", r) for r in node_ranks(self.plan, self.machine_rank)]
+        return all(s is not None and s.get("attempt") == self.attempt and s["state"] == "done" for s in statuses)
 
     def kill(self) -> None:
         processes.signal_all(processes.descendants(os.getpid()), signal.SIGKILL)
@@ -158,17 +193,22 @@ def run_node(plan: Plan, machine_rank: int, head: str, port: int) -> int:
     say("launch: " + " ".join(plan.launch_argv(machine_rank, head, port)))
     write_node_status(plan, machine_rank, state="running", attempt=attempt)
     launched = time.time()
-    launch = Launch(plan, machine_rank, head, port)
+    launch = Launch(plan, machine_rank, head, port, attempt)
 
     def on_signal(signum, _frame):
         # Graceful (USR2 from Slurm, SIGTERM): ask this node's ranks to checkpoint and stop.
-        # SIGINT, or a second request: stop now.
+        # SIGINT: stop now.
         if plan.entrypoint is not None and signum == signal.SIGUSR2:
             # A user's script has no checkpoint protocol: USR2 goes to its ranks, which act on it only
             # if the script installed a handler.
             processes.signal_all(launch.ranks(), signal.SIGUSR2)
             return
-        graceful = signum != signal.SIGINT and launch.deadline is None and plan.entrypoint is None
+        graceful = signum != signal.SIGINT and plan.entrypoint is None
+        if graceful and launch.deadline is not None:
+            # Already stopping. A repeated SIGTERM is not a request to hurry: the kernel sends the
+            # parent-death signal again for every thread of a dying multi-threaded parent.
+            return
+        launch.stop_signal = launch.stop_signal or signum
         launch.request_stop(graceful)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
@@ -177,10 +217,19 @@ def run_node(plan: Plan, machine_rank: int, head: str, port: int) -> int:
     output = launch.tail.join() if launch.tail else []
     del store  # the head's join store stays up until here: other nodes may still be reading "go"
     marker = read_requeue_marker(Path(plan.run_dir))
-    if marker and marker.get("time", 0) >= launched:
+    marker = marker if marker and marker.get("time", 0) >= launched else None
+    if marker is None and returncode != 0 and plan.entrypoint is None and stopped_on_request(plan, machine_rank, attempt):
+        # Stopped before or after the training loop: nothing new to checkpoint; the run goes on from
+        # its newest checkpoint (or from the start), so Slurm requeues it like any preempted job.
+        found = latest_valid(Path(plan.run_dir))
+        step, checkpoint = (found[1]["step"], found[0]) if found else (0, None)
+        write_requeue_marker(Path(plan.run_dir), step, checkpoint, launch.stop_signal)
+        marker = read_requeue_marker(Path(plan.run_dir))
+    if marker:
         write_node_status(plan, machine_rank, state="stopped", step=marker["step"], checkpoint=marker["checkpoint"],
                           attempt=attempt)  # fmt: skip
-        say(f"stopped at step {marker['step']} ({marker['signal']}); checkpoint {marker['checkpoint']}")
+        where = f"checkpoint {marker['checkpoint']}" if marker["checkpoint"] else "no checkpoint yet (nothing to lose)"
+        say(f"stopped at step {marker['step']} ({marker['signal']}); {where}")
         if machine_rank == 0:
             write_report(plan, say)
         return EXIT_RESUMABLE

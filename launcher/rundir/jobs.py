@@ -30,12 +30,12 @@ def slurm_job_record(job_id: str, cluster: str | None, command: list[str], scrip
 
 
 def local_job_record(attempt: int, node_pids: list[int]) -> dict:
-    """A --local run: the supervising `ftlaunch submit` process (what `ftlaunch cancel` signals) and its node agents."""
+    """A --local run: the supervising `ftlaunch submit` process (what `ftlaunch cancel` signals) and its
+    node agents, each with its start time (a pid alone may name another process by the time it is read)."""
     return {
         "target": "local",
-        "supervisor_pid": os.getpid(),
-        "supervisor_started": process_start_time(os.getpid()),
-        "pids": node_pids,
+        "supervisor": {"pid": os.getpid(), "started": process_start_time(os.getpid())},
+        "agents": [{"pid": pid, "started": process_start_time(pid)} for pid in node_pids],
         "started": time.time(),
         "attempt": attempt,
     }

@@ -80,12 +80,14 @@ def nodes_finished(run_dir: Path, nodes: int | None) -> bool:
     return bool(nodes) and len(status) >= nodes and all(state_word(d) in FINAL_STATES for d in status.values())
 
 
-def write_requeue_marker(run_dir: Path, step: int, checkpoint: Path, signum: int | None) -> None:
-    """Rank 0, after the checkpoint of a stop request: the job can continue from `checkpoint`."""
+def write_requeue_marker(run_dir: Path, step: int, checkpoint: Path | None, signum: int | None) -> None:
+    """The job stopped on request and can go on: from `checkpoint` (rank 0, after the checkpoint of a
+    stop request in the training loop), or, stopped before or after the loop (a node agent), from
+    the newest checkpoint there is (None: from the start; nothing was lost)."""
     name = signal.Signals(signum).name if signum else "a peer's request"
     write_json(
         Path(run_dir) / REQUEUE_MARKER,
-        {"step": step, "checkpoint": str(checkpoint), "signal": name, "time": time.time()},
+        {"step": step, "checkpoint": str(checkpoint) if checkpoint else None, "signal": name, "time": time.time()},
     )
 
 

@@ -148,6 +148,17 @@ def _signal_name(returncode: int) -> str:
     return "see its log"
 
 
+def _finished(plan: Plan) -> bool:
+    """results.json is written and every node said done before it ended."""
+    done = [(read_status(plan.run_dir, "node", node) or {}).get("state") == "done" for node in range(plan.nodes)]
+    return (Path(plan.run_dir) / RESULTS_FILE).exists() and all(done)
+
+
+def _only_lost_peers(plan: Plan, failed: list[tuple[int, int]]) -> bool:
+    """After a stop request: the failed nodes' ranks only lost peers that stopped first."""
+    return all((read_status(plan.run_dir, "node", node) or {}).get("peer_lost") for node, _code in failed)
+
+
 def root_cause(plan: Plan, procs: list[subprocess.Popen], failed: list[tuple[int, int]]) -> tuple[int, int]:
     """The failed node to blame. A node whose rank only lost its peer fails a moment after the node
     that really failed, often within the same poll: give the others a moment, then prefer a node
@@ -184,9 +195,11 @@ def run_local(plan: Plan, console: Console, attempt_base: int = 0) -> int:
     stops = {"graceful": False, "now": False}
 
     def request_stop(signum=None, _frame=None) -> None:
-        if stops["graceful"] or signum == signal.SIGQUIT:
+        if signum == signal.SIGQUIT or (stops["graceful"] and signum == signal.SIGINT):
             stops["now"] = True
             return
+        if stops["graceful"]:
+            return  # a repeated SIGTERM/SIGHUP changes nothing: the ranks are already stopping
         stops["graceful"] = True
         console.print("[yellow]stop requested: the ranks checkpoint and stop (again to stop at once)[/]")
         for proc in procs:
@@ -200,7 +213,7 @@ def run_local(plan: Plan, console: Console, attempt_base: int = 0) -> int:
         while True:
             codes = [proc.poll() for proc in procs]
             bad = [(node, code) for node, code in enumerate(codes) if code not in (None, 0, EXIT_RESUMABLE)]
-            if bad:
+            if bad and not (stops["graceful"] and _only_lost_peers(plan, bad)):
                 failed = root_cause(plan, procs, bad)
                 break
             if all(code is not None for code in codes):
@@ -214,11 +227,24 @@ def run_local(plan: Plan, console: Console, attempt_base: int = 0) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         tail.stop()
+    codes = [proc.returncode for proc in procs]
+    if not failed and EXIT_RESUMABLE not in codes and any(code not in (0, None) for code in codes):
+        failed = root_cause(plan, procs, [(n, c) for n, c in enumerate(codes) if c not in (0, None)])
+    if failed and _finished(plan):
+        # Training, the model and results.json are complete; only the report (derived data) is not.
+        node, code = failed
+        console.print(f"[yellow]warning[/]: the job finished (results.json, model/) but node {node} ended with "
+                      f"code {code} ({_signal_name(code)}) while writing the report: ftlaunch collect {run_dir}")  # fmt: skip
+        failed = None
     if failed:
         node, code = failed
         raise JobFailed(failure_message(plan, node, code), exit_code=1)
     if any(proc.returncode == EXIT_RESUMABLE for proc in procs):
         marker = read_requeue_marker(run_dir) or {}
+        if not marker.get("checkpoint"):
+            console.print("[yellow]stopped[/] before the first checkpoint (nothing was trained yet); "
+                          "submit the recipe again to start over")  # fmt: skip
+            return 130
         console.print(f"[yellow]stopped[/] at step {marker.get('step', '?')} with a checkpoint; "
                       f"continue with: ftlaunch submit --resume {run_dir} --local")  # fmt: skip
         return EXIT_RESUMABLE

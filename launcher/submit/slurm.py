@@ -246,9 +246,11 @@ def _from_sacct(job_ids: list[str], report: StateReport, aliases: dict[str, str]
         report.notes.append(f"sacct does not know job(s) {', '.join(unknown)}")
 
 
-def cancel_job(job_id: str) -> None:
+def cancel_job(job_id: str, now: bool = False) -> None:
+    """scancel: Slurm sends SIGTERM to every step (the node agents then checkpoint and stop if they
+    can within the cluster's KillWait), then SIGKILL. now: SIGKILL at once."""
     require_command("scancel")
-    result = _run(["scancel", job_id])
+    result = _run(["scancel", *(["--signal=KILL"] if now else []), job_id])
     if result.returncode != 0:
         lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         raise UserError(*(lines or [f"scancel {job_id} failed (exit {result.returncode})"]))
