@@ -25,10 +25,12 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         faults.wake()
-        if not self.in_loop:
-            raise Stopped(signum)
+        if self.requested:
+            return  # once is enough: Slurm signals every process of the step, and the node agent passes it on
         self.requested = True
         self.signum = signum
+        if not self.in_loop:
+            raise Stopped(signum)
 
     def agreed(self, accelerator) -> bool:
         """Collective: true on every rank as soon as any rank was asked to stop, so all stop at the
