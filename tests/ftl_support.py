@@ -11,6 +11,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MRPC_RECIPE = REPO / "recipes" / "mrpc.yaml"
 
+# Mixed precision for tests that exercise it on this host: bf16 only where the CPU runs it natively
+# (elsewhere ftlaunch refuses it, as about 5x slower than fp32).
+from launcher.cpu import native_bf16  # noqa: E402
+
+CPU_BF16 = native_bf16() is not False
+HOST_PRECISION = "bf16" if CPU_BF16 else "no"
+
 
 def make_tiny_model(out: Path, tokenizer_source: Path) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification

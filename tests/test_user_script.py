@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftl_support import ftlaunch, only_run_dir
+from ftl_support import HOST_PRECISION, ftlaunch, only_run_dir
 from launcher.cli.main import main
 
 # The Hugging Face course, chapter 3 ("A full training" with Accelerate), trimmed to a few steps,
@@ -108,7 +108,7 @@ def write_job(tmp_path: Path, **cluster) -> tuple[Path, Path]:
         yaml.safe_dump(
             {
                 "name": "my-script",
-                "train": {"precision": "bf16", "gradient_accumulation_steps": 2},
+                "train": {"precision": HOST_PRECISION, "gradient_accumulation_steps": 2},
                 "cluster": {"gpus_per_node": 0, **cluster},
                 "output_dir": str(tmp_path / "runs"),
             }
@@ -140,7 +140,7 @@ def assert_trained_together(run_dir: Path) -> None:
     assert sorted(ranks) == [0, 1], ranks
     for rank in ranks.values():
         # what Accelerator() saw: the planned world, the recipe's precision and accumulation
-        assert (rank["world"], rank["precision"], rank["accumulation"], rank["micro_batches"]) == (2, "bf16", 2, 6)
+        assert (rank["world"], rank["precision"], rank["accumulation"], rank["micro_batches"]) == (2, HOST_PRECISION, 2, 6)
         assert rank["final"] != rank["initial"], "the parameters never changed"
     assert ranks[0]["final"] == ranks[1]["final"], f"ranks out of sync: {ranks}"
 
@@ -223,7 +223,7 @@ def test_dry_run_shows_the_script_command_and_keeps_a_copy(tmp_path, capsys):
     assert "ACCELERATE_GRADIENT_ACCUMULATION_STEPS" in out
     assert_run_dir_keeps_the_script(run_dir, script, ["--lr", "3e-5", "{port}x"])
     accelerate = yaml.safe_load((run_dir / "accelerate.yaml").read_text())
-    assert (accelerate["mixed_precision"], accelerate["num_processes"]) == ("bf16", 2)
+    assert (accelerate["mixed_precision"], accelerate["num_processes"]) == (HOST_PRECISION, 2)
     assert "launcher.run.node" in (run_dir / "sbatch.sh").read_text()
     assert "model: null" in (run_dir / "recipe.yaml").read_text()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from launcher.cpu import SLOW_BF16
 from launcher.errors import UserError
 from launcher.plan.steps import Schedule, micro_batches_per_epoch, schedule
 from launcher.recipe.schema import Recipe
@@ -36,6 +37,7 @@ class HostFacts:
 
     gpus: int = 0  # CUDA GPUs visible here; only matters for local runs
     python: str = "python"  # interpreter every node runs (the submitting venv's, on a shared filesystem)
+    cpu_bf16: bool | None = None  # native bf16 on this CPU (None: unknown); only matters for local CPU runs
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,12 @@ def _placement(recipe: Recipe, target: Target, host: HostFacts, notes: list[str]
         raise UserError(
             f"train.precision: fp16 needs a CUDA GPU ({where}); on CPU it would silently run fp32. Use bf16 or no"
         )
+    if device == "cpu" and train.precision == "bf16":
+        if target == "local" and host.cpu_bf16 is False:
+            raise UserError(f"train.precision: {SLOW_BF16}")
+        if target == "slurm":
+            notes.append("bf16 on CPU nodes: every rank checks that its CPU has native bf16 (AVX512-BF16 or AMX) "
+                         "and refuses to start without it")  # fmt: skip
     if device == "cuda":
         procs_per_node = cluster.procs_per_node or cluster.gpus_per_node
         if procs_per_node > cluster.gpus_per_node:

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from launcher.cpu import native_bf16
 from launcher.plan import HostFacts
 
 
@@ -18,4 +19,4 @@ def local_gpu_count() -> int:
 
 
 def host_facts() -> HostFacts:
-    return HostFacts(gpus=local_gpu_count(), python=sys.executable)
+    return HostFacts(gpus=local_gpu_count(), python=sys.executable, cpu_bf16=native_bf16())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
+from launcher.cpu import SLOW_BF16, native_bf16
 from launcher.plan import Plan
 from launcher.recipe.schema import Recipe
 
@@ -38,6 +40,9 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
     if plan.precision == "fp16" and not torch.cuda.is_available():
         # accelerate would silently train in fp32 here
         raise SetupError("train.precision fp16 needs a CUDA GPU; this node has none (use bf16 or no)")
+    if on_cpu and plan.precision == "bf16" and native_bf16() is False:
+        # a Slurm CPU partition's nodes are only known here; locally the plan refused it already
+        raise SetupError(f"train.precision on {socket.gethostname()}: {SLOW_BF16}")
     if plan.backend == "deepspeed":
         check_deepspeed_file(recipe, plan, run_dir)
         # DeepSpeed 0.19 calls collectives torch 2.13 deprecates: one warning per call, every step, every rank.
