@@ -359,7 +359,7 @@ def fake_bin(tmp_path: Path, **scripts: str) -> Path:
 
 
 def test_offline_check_refuses_uncached_hub_items(tmp_path, monkeypatch, capsys):
-    bin_dir = fake_bin(tmp_path, sbatch=f"echo called > {tmp_path}/sbatch-called; echo 77\n")
+    bin_dir = fake_bin(tmp_path, sbatch=f"echo called > {tmp_path}/sbatch-called; echo 77\n", sinfo="echo debug\n")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"):
@@ -531,3 +531,40 @@ def test_prefetch_verb_without_network(tmp_path, mrpc_dir, monkeypatch, capsys):
     assert main(["prefetch", RECIPE]) == 2  # a Hub model: prefetch refuses to run offline, in one line
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "HF_HUB_OFFLINE" in line and "set here: prefetch needs the Hub" in line
+
+
+NO_SLURM_CONFIG = (  # what Slurm 22.05's clients print on a host without any configuration source
+    "echo 'sinfo: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host' >&2\n"
+    "echo 'sinfo: error: fetch_config: DNS SRV lookup failed' >&2\n"
+    "echo 'sinfo: error: _establish_config_source: failed to fetch config' >&2\n"
+    "echo 'sinfo: fatal: Could not establish a configuration source' >&2\nexit 1\n"
+)
+
+
+def test_no_slurm_configuration_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    bin_dir = fake_bin(tmp_path, sbatch=f"echo called > {tmp_path}/sbatch-called; echo 77\n", sinfo=NO_SLURM_CONFIG)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    out = tmp_path / "runs"
+    assert main(["submit", "recipes/mrpc.yaml", "--nodes", "2", "--set", f"output_dir={out}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ftlaunch: error: no Slurm configuration found (SLURM_CONF is not set; no /etc/slurm/slurm.conf, "
+        "no configless DNS record): set SLURM_CONF or run on a login node of the cluster"
+    ]
+    assert not out.exists() and not (tmp_path / "sbatch-called").exists()
+    # the dry run runs the same check and says that a real submit would stop there
+    assert main(["submit", "recipes/mrpc.yaml", "--nodes", "2", "--set", f"output_dir={out}", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "checks: 1 problem(s) would stop a real submit" in printed and "no Slurm configuration found" in printed
+
+
+def test_a_job_sbatch_refuses_leaves_no_run_dir(tmp_path, monkeypatch, capsys):
+    refuse = "echo 'sbatch: error: Invalid generic resource (gres) specification' >&2; exit 1\n"
+    bin_dir = fake_bin(tmp_path, sbatch=refuse, sinfo="echo debug\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = tmp_path / "runs"
+    assert main(["submit", "recipes/mrpc.yaml", "--nodes", "2", "--no-check", "--set", f"output_dir={out}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ftlaunch: error: sbatch refused the job: Invalid generic resource (gres) specification"
+    ]
+    assert not out.exists() or not any(out.iterdir())

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftl_support import HOST_PRECISION
 from launcher.cli.main import main
 from launcher.recipe import load_recipe, load_resolved, parse_override
 
@@ -33,7 +34,9 @@ def only_run_dir(output_dir: Path) -> Path:
 
 
 def dry_run(capsys, repo_root: Path, output_dir: Path, *args: str) -> tuple[int, str, str]:
-    argv = ["submit", str(repo_root / "recipes/mrpc.yaml"), "--dry-run", "--set", f"output_dir={output_dir}", *args]
+    # The shipped recipe says bf16 (for GPUs); a --local run on this CPU takes what it runs natively.
+    local = ["--set", f"train.precision={HOST_PRECISION}"] if "--local" in args else []
+    argv = ["submit", str(repo_root / "recipes/mrpc.yaml"), "--dry-run", "--set", f"output_dir={output_dir}", *local, *args]
     code = main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err

@@ -13,15 +13,16 @@ HELP = "recent runs under an output dir, newest first, with their state"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", default="runs", help="where the runs are (default: runs)")
     parser.add_argument("-n", "--limit", type=int, default=20, help="show at most this many (default 20; 0: all)")
+    parser.add_argument("--all", action="store_true", help="also the dry runs (*-dryrun-*)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from launcher.rundir.find import created_at, iter_runs
+    from launcher.rundir.find import created_at, is_dry_run, iter_runs
     from launcher.rundir.info import run_info
     from launcher.rundir.status import nodes_state
     from launcher.submit.slurm import run_states
 
-    runs = iter_runs(args.output_dir)
+    runs = iter_runs(args.output_dir, dry_runs=args.all)
     if args.limit:
         runs = runs[: args.limit]
     if not runs:
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     for info in infos:
         if info.job_id:
             state = report.states[info.job_id].state or nodes_state(info.run_dir, info.nodes)
+        elif is_dry_run(info.run_dir):
+            state = "dry run"
         elif info.target == "slurm":
             state = "not submitted"
         else:

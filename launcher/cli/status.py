@@ -47,7 +47,7 @@ def status_lines(runs: list[Path]) -> list[str]:
             if state.state is None:
                 lines.append(f"files  {status.nodes_state(info.run_dir, info.nodes)}")
         elif info.target == "slurm":
-            lines.append("job    not submitted (dry run)")
+            lines.append("job    not submitted (a dry run)")
         else:
             lines.append(f"state  {status.nodes_state(info.run_dir, info.nodes)}")
         if not (info.run_dir / "script" / "manifest.json").exists():  # a user's script has no checkpoints of ours

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     from launcher.cli.display import print_files, print_plan
     from launcher.submit.hostfacts import host_facts
+    from launcher.submit.preflight import preflight
     from launcher.submit.prepare import prepare_run, write_prepared
 
     overrides = overrides_from(
@@ -93,20 +94,18 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--sweep submits one Slurm job array; it cannot run with --local (use --dry-run to see it)")
         return _submit_sweep(args, overrides, console)
     target = "local" if args.local else "slurm"
-    if target == "slurm" and not args.dry_run:
-        from launcher.submit.slurm import require_command
-
-        require_command("sbatch")  # before anything is written
-    prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv)
-    if target == "slurm" and not args.dry_run and not args.no_check:
-        _check_offline([prepared.recipe], args.recipe)
+    prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv, dry_run=args.dry_run)
+    problems = preflight([prepared.recipe], args.recipe, target, check_cache=not args.no_check)
+    if problems and not args.dry_run:
+        raise UserError(*problems)  # nothing written
     write_prepared(prepared)
     if args.dry_run:
         print_plan(prepared.plan, console)
         print_files({k: v for k, v in prepared.files.items() if k != "env.json" and isinstance(v, str)}, console)
         if target == "slurm":
             _print_sbatch_command(prepared.run_dir / "sbatch.sh", console)
-        console.print(f"dry run: nothing launched; run dir written to {prepared.run_dir}")
+        _print_checks(problems, args.no_check, console)
+        _dry_run_done(prepared.run_dir, console)
         return 0
     if target == "local":
         from launcher.submit.local import run_local
@@ -143,27 +142,23 @@ def _resume(args: argparse.Namespace, overrides, console) -> int:
     return 0
 
 
-def _check_offline(recipes: list, recipe_path: str) -> None:
-    from launcher.submit.prefetch import check_offline
-
-    problems: list[str] = []
-    seen = set()
-    for recipe in recipes:
-        if recipe.entrypoint is not None:  # the user's own script: what it loads is its business
-            continue
-        key = (
-            recipe.model.name_or_path,
-            recipe.model.tokenizer,
-            recipe.model.revision,
-            recipe.data.dataset,
-            recipe.data.config,
-        )
-        if key in seen:
-            continue
-        seen.add(key)
-        problems += [p for p in check_offline(recipe, recipe_path) if p not in problems]
+def _print_checks(problems: list[str], skipped_cache: bool, console) -> None:
+    """A dry run runs every check a real submit runs, and says which would stop it."""
     if problems:
-        raise UserError(*problems)
+        console.print(f"[bold yellow]checks: {len(problems)} problem(s) would stop a real submit[/]:")
+        for problem in problems:
+            _plain(console, f"  {problem}")
+    else:
+        skipped = " (the Hugging Face cache check was skipped: --no-check)" if skipped_cache else ""
+        console.print(f"[bold green]checks: passed[/]: a real submit would go ahead{skipped}")
+
+
+def _dry_run_done(run_dir: Path, console) -> None:
+    from launcher.rundir.create import KEEP_DRY_RUNS, prune_dry_runs
+
+    prune_dry_runs(run_dir.parent)
+    _plain(console, f"dry run: nothing launched; its run dir (kept apart from real runs: `ftlaunch ls --all` lists it, "
+                    f"the newest {KEEP_DRY_RUNS} dry runs are kept): {run_dir}")  # fmt: skip
 
 
 def _print_sbatch_command(script: Path, console) -> None:
@@ -193,10 +188,9 @@ def _submit_one(prepared, console) -> int:
     from launcher.cli.display import print_plan
     from launcher.render.sbatch import SCRIPT_NAME
     from launcher.rundir.jobs import slurm_job_record, write_job_record
-    from launcher.submit.slurm import submit_script
 
     script = prepared.run_dir / SCRIPT_NAME
-    submitted = submit_script(script)
+    submitted = _submit_or_forget(script, prepared.run_dir)
     write_job_record(prepared.run_dir, slurm_job_record(submitted.job_id, submitted.cluster, submitted.command, script))
     print_plan(prepared.plan, console)
     nodes = prepared.plan.nodes
@@ -209,15 +203,14 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
     from launcher.cli.display import print_files, print_plan
     from launcher.rundir.jobs import array_task_id, slurm_job_record, write_job_record
     from launcher.submit.hostfacts import host_facts
-    from launcher.submit.slurm import require_command, submit_script
+    from launcher.submit.preflight import preflight
     from launcher.submit.sweep import parse_sweep, prepare_sweep, write_sweep
 
     axes = [parse_sweep(text) for text in args.sweep]
-    if not args.dry_run:
-        require_command("sbatch")
-    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv)
-    if not args.dry_run and not args.no_check:
-        _check_offline([run.recipe for run in sweep.runs], args.recipe)
+    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv, dry_run=args.dry_run)
+    problems = preflight([run.recipe for run in sweep.runs], args.recipe, "slurm", check_cache=not args.no_check)
+    if problems and not args.dry_run:
+        raise UserError(*problems)  # nothing written
     write_sweep(sweep)
     if args.dry_run:
         print_plan(sweep.runs[0].plan, console)
@@ -225,9 +218,10 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
             _plain(console, f"task {index}: {_point_text(point)} -> {run.run_dir}")
         print_files(sweep.files, console)
         _print_sbatch_command(sweep.script, console)
-        console.print(f"dry run: nothing launched; {len(sweep.runs)} run dirs written to {sweep.sweep_dir}")
+        _print_checks(problems, args.no_check, console)
+        _dry_run_done(sweep.sweep_dir, console)
         return 0
-    submitted = submit_script(sweep.script)
+    submitted = _submit_or_forget(sweep.script, sweep.sweep_dir)
     runs = []
     for index, (run, point) in enumerate(zip(sweep.runs, sweep.points)):
         record = slurm_job_record(
@@ -244,6 +238,19 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
         _plain(console, f"  {array_task_id(submitted.job_id, index)}  {_point_text(point)}  {_display(run.run_dir)}")
     _follow_hint(sweep.sweep_dir, console)
     return 0
+
+
+def _submit_or_forget(script: Path, written: Path):
+    """sbatch; if Slurm refuses the job, the dir written for it goes too (a refused submit leaves nothing)."""
+    import shutil
+
+    from launcher.submit.slurm import submit_script
+
+    try:
+        return submit_script(script)
+    except UserError:
+        shutil.rmtree(written, ignore_errors=True)
+        raise
 
 
 def _plain(console, text: str) -> None:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from launcher.errors import UserError
 from launcher.rundir.durable import fsync_dir, fsync_tree
+from launcher.rundir.find import DRY_RUN_TAG, is_dry_run
+from launcher.rundir.layout import JOB_FILE
+
+KEEP_DRY_RUNS = 10  # per output dir; older dry-run dirs are removed when a new one is written
 
 
 def slug(name: str) -> str:
@@ -19,12 +23,14 @@ def slug(name: str) -> str:
     return cleaned[:64] or "run"
 
 
-def new_run_dir(output_dir: str | Path, name: str) -> Path:
-    """A path that does not exist yet: <output_dir>/<name>-<YYYYmmdd-HHMMSS>-<random>."""
+def new_run_dir(output_dir: str | Path, name: str, dry_run: bool = False) -> Path:
+    """A path that does not exist yet: <output_dir>/<name>-<YYYYmmdd-HHMMSS>-<random>
+    (a dry run's: <name>-dryrun-<YYYYmmdd-HHMMSS>-<random>)."""
     root = Path(output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    tag = f"-{DRY_RUN_TAG}" if dry_run else ""
     for _ in range(100):
-        candidate = root / f"{slug(name)}-{stamp}-{secrets.token_hex(3)}"
+        candidate = root / f"{slug(name)}{tag}-{stamp}-{secrets.token_hex(3)}"
         if not candidate.exists():
             return candidate
     raise UserError(f"output_dir {root}: could not find an unused run directory name")
@@ -58,3 +64,16 @@ def write_run_dir(run_dir: Path, files: dict[str, str | bytes], dirs: tuple[str,
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise UserError(f"output_dir {parent}: cannot write the run directory ({exc.strerror})") from None
+
+
+def prune_dry_runs(output_dir: str | Path, keep: int = KEEP_DRY_RUNS) -> list[Path]:
+    """Remove all but the newest `keep` dry-run dirs of `output_dir` (never a dir that was launched)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    dry = sorted((p for p in root.iterdir() if is_dry_run(p) and not (p / JOB_FILE).exists()),
+                 key=lambda p: p.stat().st_mtime)  # fmt: skip
+    removed = dry[: max(len(dry) - keep, 0)]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

@@ -11,6 +11,7 @@ from launcher.rundir.durable import read_json
 from launcher.rundir.layout import PLAN_FILE, SWEEP_FILE
 
 DEFAULT_OUTPUT_DIR = "runs"
+DRY_RUN_TAG = "dryrun"  # in the name of a dry run's dir: <name>-dryrun-<stamp>-<random>
 
 
 def is_run_dir(path: Path) -> bool:
@@ -19,6 +20,10 @@ def is_run_dir(path: Path) -> bool:
 
 def is_sweep_dir(path: Path) -> bool:
     return (Path(path) / SWEEP_FILE).is_file()
+
+
+def is_dry_run(path: Path) -> bool:
+    return f"-{DRY_RUN_TAG}-" in Path(path).name
 
 
 def created_at(run_dir: Path) -> float:
@@ -35,14 +40,15 @@ def runs_inside(path: Path) -> list[Path]:
     return sorted(child for child in path.iterdir() if not child.name.startswith(".") and is_run_dir(child))
 
 
-def iter_runs(output_dir: str | Path) -> list[Path]:
-    """Run dirs under output_dir (a sweep's runs are inside its sweep dir), newest first."""
+def iter_runs(output_dir: str | Path, dry_runs: bool = False) -> list[Path]:
+    """Run dirs under output_dir (a sweep's runs are inside its sweep dir), newest first; dry runs
+    only when asked for."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
-        if child.name.startswith(".") or not child.is_dir():
+        if child.name.startswith(".") or not child.is_dir() or (is_dry_run(child) and not dry_runs):
             continue
         if is_run_dir(child):
             found.append(child)
@@ -78,7 +84,7 @@ def resolve_run(
                 return candidate
     if any(candidate.is_dir() for candidate in candidates):
         raise UserError(f"{arg}: not an ftlaunch run dir (no {PLAN_FILE})")
-    named = [r for r in iter_runs(root) if r.name.startswith(arg)] if "/" not in arg else []
+    named = [r for r in iter_runs(root, dry_runs=True) if r.name.startswith(arg)] if "/" not in arg else []
     if len(named) == 1:
         return named[0]
     if named:

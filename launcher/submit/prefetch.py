@@ -79,15 +79,9 @@ def _advice(recipe_path: str) -> str:
 def check_offline(recipe: Recipe, recipe_path: str, environ: Mapping[str, str] | None = None) -> list[str]:
     """One line per thing the job needs that would not resolve with HF_HUB_OFFLINE=1 (empty: all there)."""
     cache = hf_cache_env(environ)
-    problems: list[str] = []
     if recipe.model is None:  # a user's own script (entrypoint): nothing of ftlaunch's to check
-        return problems
-    for field_name, name in (
-        ("model.name_or_path", recipe.model.name_or_path),
-        ("model.tokenizer", recipe.model.tokenizer),
-    ):
-        if name and is_local(name) and not Path(name).exists():
-            problems.append(f"{field_name}: {name} does not exist")
+        return []
+    problems = local_problems(recipe)
     needs = hub_needs(recipe)
     separate_tokenizer = any(n.kind == "tokenizer" for n in needs)
     for need in needs:
@@ -99,6 +93,22 @@ def check_offline(recipe: Recipe, recipe_path: str, environ: Mapping[str, str] |
     datasets = [n for n in needs if n.kind == "dataset"]
     if datasets:
         problems += _check_dataset(recipe, datasets[0], cache, recipe_path, environ)
+    return problems
+
+
+def local_problems(recipe: Recipe) -> list[str]:
+    """Local model and tokenizer dirs that are not there (the data files the recipe loader checked)."""
+    problems = []
+    for field_name, name in (
+        ("model.name_or_path", recipe.model.name_or_path if recipe.model else None),
+        ("model.tokenizer", recipe.model.tokenizer if recipe.model else None),
+    ):
+        if not name or not is_local(name):
+            continue
+        if not Path(name).exists():
+            problems.append(f"{field_name}: {name} does not exist")
+        elif field_name == "model.name_or_path" and not (Path(name) / "config.json").is_file():
+            problems.append(f"{field_name}: {name} is not a Hugging Face model directory (no config.json)")
     return problems
 
 

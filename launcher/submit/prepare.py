@@ -34,10 +34,12 @@ def prepare_run(
     target: str,
     host: HostFacts,
     argv: list[str],
+    dry_run: bool = False,
 ) -> PreparedRun:
-    """Validate, plan and render in memory; raises UserError before anything touches the disk."""
+    """Validate, plan and render in memory; raises UserError before anything touches the disk.
+    A dry run's dir is named <name>-dryrun-...: kept apart from real runs, and pruned."""
     recipe = load_recipe(recipe_path, overrides).recipe
-    run_dir = new_run_dir(recipe.output_dir, recipe.name)
+    run_dir = new_run_dir(recipe.output_dir, recipe.name, dry_run=dry_run)
     port = free_port_pair() if target == "local" else None
     plan = make_plan(recipe, target, str(run_dir), host, split_rows(recipe), local_port=port)
     # A Slurm job reads the Hugging Face caches this host resolves (and the offline check looked in).

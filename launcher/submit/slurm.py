@@ -33,13 +33,16 @@ QUERY_TIMEOUT_S = 30
 # ----------------------------------------------------------------------------------- submit
 
 
+NO_SBATCH = (
+    "sbatch not found on PATH: run ftlaunch on a Slurm login node, or use --local (run on this host) "
+    "or --dry-run (render only)"
+)
+
+
 def require_command(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise UserError(
-            f"{name} not found on PATH: run ftlaunch on a Slurm login node, "
-            "or use --local (run on this host) or --dry-run (render only)"
-        )
+        raise UserError(NO_SBATCH.replace("sbatch", name, 1))
     return path
 
 
@@ -65,8 +68,8 @@ def submit_script(script: str | Path, extra_env: dict[str, str] | None = None) -
     except subprocess.TimeoutExpired:
         raise UserError(f"sbatch did not answer within 120 s (is slurmctld up?): {' '.join(command)}") from None
     if result.returncode != 0:
-        lines = [line.strip() for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        raise UserError(*(["sbatch refused the job (the run dir is kept: " + str(script) + ")"] + lines[:5]))
+        said = [re.sub(r"^sbatch: error: ", "", line.strip()) for line in (result.stderr or result.stdout).splitlines()]
+        raise UserError(f"sbatch refused the job: {'; '.join(line for line in said if line)[:500] or result.returncode}")
     # --parsable: "<job id>[;<cluster>]"
     text = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     job_id, _, cluster = text.partition(";")

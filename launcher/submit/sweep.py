@@ -100,6 +100,7 @@ def prepare_sweep(
     axes: list[SweepAxis],
     host: HostFacts,
     argv: list[str],
+    dry_run: bool = False,
 ) -> PreparedSweep:
     """Validate every point, plan and render in memory (nothing written; UserError on any problem)."""
     swept = {axis.key for axis in axes}
@@ -109,7 +110,7 @@ def prepare_sweep(
         ):
             raise UserError(f"{override.describe(override.key)} and --sweep {override.key} both set it: drop one")
     base = load_recipe(recipe_path, overrides).recipe
-    sweep_dir = new_run_dir(base.output_dir, f"{base.name}-sweep")
+    sweep_dir = new_run_dir(base.output_dir, f"{base.name}-sweep", dry_run=dry_run)
     into_sweep = Override("output_dir", str(sweep_dir), f"output_dir={sweep_dir} (set by --sweep)", origin="--sweep")
     runs, points = [], []
     problems: list[str] = []
