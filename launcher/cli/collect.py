@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         console.print(compare_table(reports))
     if write:
-        for run in runs:
-            print(f"wrote report.json, report.md, curves.png, metrics.jsonl in {run}")
+        for run, report in zip(runs, reports):
+            written = ["report.json", "report.md", *(["curves.png"] if report.get("curves") else []), "metrics.jsonl"]
+            print(f"wrote {', '.join(written)} in {run}")
     if args.export:
         from pathlib import Path
 

@@ -14,6 +14,10 @@ def _steps(plan: Plan) -> str:
         if plan.total_steps:
             return f"{plan.total_steps} (max_steps); per epoch: counted at run time"
         return "counted at run time (row count of a Hub dataset is known once it is loaded)"
+    if plan.total_steps != plan.steps_per_epoch * plan.epochs:  # train.max_steps ends the run mid-epoch
+        epochs = plan.total_steps / plan.steps_per_epoch
+        return (f"{plan.total_steps} optimizer steps (train.max_steps) = {epochs:.2f} epoch(s) of {plan.steps_per_epoch}, "
+                f"warmup {plan.warmup_steps}")  # fmt: skip
     total = f"{plan.steps_per_epoch} per epoch x {plan.epochs} epoch(s) = {plan.total_steps}"
     return f"{total} optimizer steps, warmup {plan.warmup_steps}"
 

@@ -17,7 +17,7 @@ STATE_EVERY_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_name", metavar="RUN", help="run dir or run name")
+    parser.add_argument("run_name", nargs="?", metavar="RUN", help="run dir or run name (default: the newest run)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new output until the job ends")
     parser.add_argument("--node", type=int, metavar="N", help="only node N's log (logs/node-N.log)")
     parser.add_argument("--output-dir", default="runs", help="where run names are looked up (default: runs)")

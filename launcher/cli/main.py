@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from launcher import __version__
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ftlaunch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `ftlaunch ls | head -3`: the reader is gone, which is not an error of ours. Point stdout at
+        # /dev/null so that Python's final flush does not raise again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ __all__ = ["collect_run", "make_report"]
 
 def make_report(
     run_dir: str | Path, straggler_margin: float = DEFAULT_STRAGGLER_MARGIN
-) -> tuple[dict, list[dict], bytes]:
-    """(report, merged records, curves PNG) for a run dir; writes nothing."""
+) -> tuple[dict, list[dict], bytes | None]:
+    """(report, merged records, curves PNG or None when there is nothing to draw) for a run dir; writes nothing."""
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir}: not an ftlaunch run dir (no {PLAN_FILE})")
@@ -37,6 +37,9 @@ def make_report(
     merged = merge(read.records)
     report = build_report(run_dir, read, merged, straggler_margin)
     data = curves.series(merged, report["eval"]["history"])
+    if not any(steps for steps, _values in data.values()):  # e.g. a user's script: no records of ours
+        report["curves"] = None
+        return report, merged, None
     title = f"{report['run']['name']} ({run_dir.name}): {report['state']['state']}"
     png = curves.render_png(data, title, {int(a): s for a, s in report["resumed_from"].items()})
     report["curves"] = {
@@ -61,7 +64,8 @@ def collect_run(
     if write:
         write_durable(run_dir / "metrics.jsonl", to_jsonl(merged))
         faults.reach("report.writing")
-        write_durable(run_dir / "curves.png", png)
+        if png is not None:
+            write_durable(run_dir / "curves.png", png)
         write_durable(run_dir / "report.md", markdown(report))
         write_durable(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     if not quiet:

@@ -58,10 +58,18 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append((f"final {name}", f"{num(value)}  ({_where(final)})"))
     for name, best in ev["best"].items():
         rows.append((f"best {name}", f"{num(best['value'])}  ({_where(best)}, {best['mode']})"))
+    baseline = ev.get("baseline")
+    if baseline:
+        scores = ", ".join(f"{name} {num(value)}" for name, value in baseline["metrics"].items())
+        rows.append(("baseline", f"{scores}  (always class {baseline['majority_class']}: "
+                                 f"{baseline['majority_rows']} of {num(ev['rows'])} rows)"))  # fmt: skip
     rows.append(("eval rows", f"{num(ev['rows'])} ({ev['count']} evaluation(s))"))
     tp = report["throughput"]
-    rates = f"{rate(tp['samples_per_s'])} samples/s, {rate(tp['tokens_per_s'])} tokens/s"
-    rows.append(("throughput", f"{rates} (sum over {tp['nodes']} node(s))"))
+    if tp["nodes"]:
+        rates = f"{rate(tp['samples_per_s'])} samples/s, {rate(tp['tokens_per_s'])} tokens/s"
+        rows.append(("throughput", f"{rates} (sum over {tp['nodes']} node(s))"))
+    else:
+        rows.append(("throughput", "- (no train records)"))
     rows.append(("wall time", _wall(report)))
     rows.append(("restarts", _restarts(report)))
     rows.append(("synchronised", _sync(report["sync"])))
@@ -76,6 +84,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     if curves.get("path"):
         shown = ", ".join(f"{k} {v}" for k, v in curves["series"].items())
         rows.append(("curves", f"{curves['path']} ({shown} points)"))
+    rows += [("warning", w) for w in ev.get("warnings", [])]
     rows += [("error", e) for e in state["errors"]] + [("note", n) for n in state["notes"]]
     script = report.get("script")
     if script:

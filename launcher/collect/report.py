@@ -79,13 +79,20 @@ def eval_section(merged: list[dict], results: dict | None) -> dict:
         first_rank = min(r.get("rank", 0) for r in evals)
         evals = [r for r in evals if r.get("rank", 0) == first_rank]
     history = [{"step": r.get("step"), "epoch": r.get("epoch"), "rows": r.get("rows"),
-                "metrics": r.get("metrics") or {}} for r in evals]  # fmt: skip
+                "metrics": r.get("metrics") or {}, "baseline": r.get("baseline"),
+                "predicted_per_class": r.get("predicted_per_class")} for r in evals]  # fmt: skip
     if not history and results and results.get("final_eval"):
         final_eval = results["final_eval"]
         history = [{key: final_eval.get(key) for key in ("step", "epoch", "rows", "metrics")}]
     if not history:
-        return {"final": None, "best": {}, "rows": None, "count": 0, "history": []}
+        return {"final": None, "best": {}, "rows": None, "count": 0, "history": [], "baseline": None, "warnings": []}
     final = history[-1]
+    warnings = []
+    predicted = final.get("predicted_per_class") or []
+    if sum(1 for n in predicted if n) == 1:
+        only = next(index for index, n in enumerate(predicted) if n)
+        warnings.append(f"the final model predicts class {only} for every one of the {final.get('rows')} eval rows: "
+                        "it has not learned to tell the classes apart (train longer, or try another lr)")  # fmt: skip
     best = {}
     for name in sorted({name for h in history for name in h["metrics"]}):
         scored = [(h["metrics"][name], h) for h in history if isinstance(h["metrics"].get(name), (int, float))]
@@ -94,7 +101,8 @@ def eval_section(merged: list[dict], results: dict | None) -> dict:
         mode = metric_goal(name)
         value, where = (min if mode == "min" else max)(scored, key=lambda item: item[0])
         best[name] = {"value": value, "step": where["step"], "epoch": where["epoch"], "mode": mode}
-    return {"final": final, "best": best, "rows": final.get("rows"), "count": len(history), "history": history}
+    return {"final": final, "best": best, "rows": final.get("rows"), "count": len(history), "history": history,
+            "baseline": final.get("baseline"), "warnings": warnings}  # fmt: skip
 
 
 def train_section(merged: list[dict], plan: dict, results: dict | None) -> dict:

@@ -111,7 +111,8 @@ def resolve_paths(recipe: Recipe) -> Recipe:
 
 def _format(source: YamlSource, overridden: dict[str, Override], field: str, message: str) -> str:
     for key, override in overridden.items():
-        if field == key or field.startswith(key + "."):
+        # the override set this field, a field inside it, or created it (`--set trian.lr=...` makes `trian`)
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
             return f"{override.describe(field)}: {message}"
     line = source.line_of(field)
     where = f"{source.display_name}:{line}" if line else source.display_name

@@ -256,5 +256,13 @@ def run_local(plan: Plan, console: Console, attempt_base: int = 0) -> int:
         final = results.get("final_eval") or {}
         metrics = {k: round(v, 4) for k, v in final.get("metrics", {}).items()}
         console.print(f"[bold green]done[/]: {metrics}  model: {run_dir / MODEL_DIR}")
+        baseline = final.get("baseline")
+        if baseline:
+            scores = {k: round(v, 4) for k, v in baseline["metrics"].items()}
+            console.print(f"majority-class baseline (always class {baseline['majority_class']}): {scores}")
+            predicted = final.get("predicted_per_class") or []
+            if sum(1 for n in predicted if n) == 1:
+                console.print("[yellow]warning[/]: the model predicts one class for every eval row: it has not "
+                              "learned to tell the classes apart yet (train longer, or try another lr)")  # fmt: skip
     console.print(f"run dir: {run_dir}")
     return 0

@@ -40,4 +40,23 @@ def evaluate(model, loader, accelerator, recipe: Recipe) -> dict:
     scores = compute_metrics(recipe.metrics, predictions.numpy(), labels.numpy(), recipe.model.num_labels)
     metrics = {f"{split}_{name}": value for name, value in scores.items()}
     metrics[f"{split}_loss"] = float(loss)
-    return {"metrics": metrics, "rows": int(labels.shape[0]), "seconds": round(time.perf_counter() - started, 3)}
+    result = {"metrics": metrics, "rows": int(labels.shape[0]), "seconds": round(time.perf_counter() - started, 3)}
+    if not regression:
+        result.update(class_baseline(recipe, predictions, labels))
+    return result
+
+
+def class_baseline(recipe: Recipe, predictions: torch.Tensor, labels: torch.Tensor) -> dict:
+    """What always answering the most frequent class scores on these rows (the number a metric must
+    beat to mean anything: on MRPC 279 of 408 validation pairs are paraphrases), and how many rows
+    the model gave each class (one class only: it has not learned to tell them apart)."""
+    counts = torch.bincount(labels.long(), minlength=recipe.model.num_labels)
+    majority = int(counts.argmax())
+    constant = torch.full_like(labels, majority)
+    scores = compute_metrics(recipe.metrics, constant.numpy(), labels.numpy(), recipe.model.num_labels)
+    predicted = torch.bincount(predictions.long(), minlength=recipe.model.num_labels)
+    return {
+        "baseline": {"majority_class": majority, "majority_rows": int(counts[majority]),
+                     "metrics": {f"{recipe.data.eval_split}_{name}": value for name, value in scores.items()}},
+        "predicted_per_class": [int(n) for n in predicted],
+    }  # fmt: skip
