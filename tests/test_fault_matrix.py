@@ -68,12 +68,12 @@ def reference(tmp_path_factory, submit_args):
 class Cell:
     name: str
     fault_spec: str  # FTL_FAULT
-    deliver: str  # "self" (the spec acts) | "agent-kill" | "submit-TERM" | "submit-HUP" | "submit-KILL"
+    deliver: str  # "self" (the spec acts) | "agent-kill" | "submit-TERM" | "submit-HUP" | "submit-KILL" | "cancel" | "cancel-now"
     node: int = 0  # whose agent is killed; whose pause is waited for (rank == node: 1 process per node)
     expect_exit: set[int] = field(default_factory=lambda: {1})
     expect_line: str = ""  # in the submit output (stderr + stdout)
     resumable: bool = True
-    resume_from: int | None = None  # the checkpoint step the resumed attempt must load
+    resume_from: int | set[int] | None = None  # the checkpoint step(s) the resumed attempt may load
 
 
 CELLS = [
@@ -81,13 +81,19 @@ CELLS = [
          expect_line="stopped before the first checkpoint (nothing was trained yet)", resumable=False),
     Cell("tokenize x SIGKILL rank 1", "tokenize#1@1:kill", "self",
          expect_line="ftlaunch: job failed: node 1: rank 1 (pid", resumable=False),
-    Cell("before first step x SIGHUP submit", "train.before_first_step@0:pause", "submit-HUP", expect_exit={75},
+    # every rank held before its first step: a stop then finds them all in the training loop
+    Cell("before first step x SIGHUP submit", "train.before_first_step:pause", "submit-HUP", expect_exit={75},
          expect_line="stopped at step 1 with a checkpoint", resume_from=1),
     Cell("mid-epoch x SIGKILL rank 1", "train.step#12@1:kill", "self",
          expect_line="ftlaunch: job failed: node 1: rank 1 (pid", resume_from=8),
     Cell("mid-epoch x SIGKILL agent 1", "train.step#12@1:pause", "agent-kill", node=1,
          expect_line="ftlaunch: job failed: node 1 exited with code -9 (killed by SIGKILL)", resume_from=12),
     Cell("mid-epoch x SIGKILL submit", "train.step#12@0:pause", "submit-KILL", expect_exit={-9}, resume_from=12),
+    Cell("mid-epoch x ftlaunch cancel", "train.step#12@0:pause", "cancel", expect_exit={75},
+         expect_line="stopped at step 12 with a checkpoint", resume_from=12),
+    # --now: the ranks are stopped at once; the checkpoint of step 12 is there only if they were quicker
+    Cell("mid-epoch x ftlaunch cancel --now", "train.step#12@0:pause", "cancel-now", expect_exit={75, 130},
+         resume_from={8, 12}),
     Cell("evaluation x SIGKILL rank 0", "eval.batch#5@0:kill", "self",
          expect_line="ftlaunch: job failed: node 0: rank 0 (pid", resume_from=8),
     Cell("evaluation x SIGTERM submit", "eval.batch#5@0:pause", "submit-TERM", expect_exit={75},
@@ -134,11 +140,15 @@ def break_the_run(cell: Cell, submit_args, out: Path, faults_dir: Path) -> tuple
     reached = faults_dir / f"{fault.point}@{fault.rank or 0}.reached"
     try:
         if cell.deliver != "self":
-            wait_for(reached.exists, 240, f"{reached.name}")
+            for rank in (0, 1) if fault.rank is None else (fault.rank,):
+                wait_for((faults_dir / f"{fault.point}@{rank}.reached").exists, 240, f"{fault.point}@{rank}.reached")
             run_dir = only_run_dir(out)
             if cell.deliver == "agent-kill":
                 agent = json.loads((run_dir / "status" / f"node-{cell.node}.json").read_text())["pid"]
                 os.kill(agent, signal.SIGKILL)
+            elif cell.deliver.startswith("cancel"):
+                cancel = ftlaunch("cancel", run_dir, *(["--now"] if cell.deliver == "cancel-now" else []))
+                assert cancel.returncode == 0 and f"cancelled local run {run_dir}" in cancel.stdout, cancel.stderr
             else:
                 os.kill(job.pid, getattr(signal, "SIG" + cell.deliver.split("-")[1]))
         output, _ = job.communicate(timeout=240)
@@ -165,8 +175,10 @@ def assert_resumed_equal(run_dir: Path, reference, cell: Cell) -> float:
         assert steps == list(range(1, TOTAL + 1)), f"{cell.name}: rank {rank} logged {steps}"
     # the resumed attempt loaded the newest published checkpoint (never a staged, partial one), on every rank
     resumes = read_records(run_dir, "resume")
-    assert {(r["rank"], r["checkpoint"]) for r in resumes} == {(0, f"step-{cell.resume_from:08d}"),
-                                                                (1, f"step-{cell.resume_from:08d}")}, cell.name
+    allowed = cell.resume_from if isinstance(cell.resume_from, set) else {cell.resume_from}
+    loaded = {r["checkpoint"] for r in resumes}
+    assert {r["rank"] for r in resumes} == {0, 1} and len(loaded) == 1, (cell.name, resumes)
+    assert loaded <= {f"step-{step:08d}" for step in allowed}, (cell.name, loaded)
     json.loads((run_dir / "results.json").read_text())
     json.loads((run_dir / "report.json").read_text())
     return seconds
@@ -260,12 +272,13 @@ def test_fault_matrix_on_slurm(cell: SlurmCell, slurm_cluster, tmp_path, referen
     reached = faults_dir / f"{fault.point}@{fault.rank or 0}.reached"
     wait_for(reached.exists, 300, reached.name)
     faulted = time.monotonic()
-    # a later attempt passes the same point without stopping
-    (faults_dir / f"{fault.point}@{fault.rank or 0}.release").touch()
+    release = faults_dir / f"{fault.point}@{fault.rank or 0}.release"  # a later attempt passes the point
     if cell.deliver == "usr2":
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        release.touch()
     else:
         subprocess.run(["scancel", job_id], check=True, timeout=30)
+        release.touch()
         assert wait_final(job_id, timeout=120) == "CANCELLED"
         wait_for(lambda: not processes_of(run_dir), STOP_LIMIT_S, f"the run's processes to end: {processes_of(run_dir)}")
         stopped = time.monotonic() - faulted

@@ -168,6 +168,8 @@ def test_chapter3_script_on_two_local_nodes(tmp_path, tiny_model_dir, mrpc_dir):
     run_dir = only_run_dir(tmp_path / "runs")
     assert_trained_together(run_dir)
     assert_run_dir_keeps_the_script(run_dir, script, args[1:])
+    # the console shows every node's output, each line marked with its node
+    assert "[node 0] CHECKSUM rank=0" in result.stdout and "[node 1] CHECKSUM rank=1" in result.stdout
     # the launched file is the run dir's copy, not the original
     assert f"{run_dir}/script/train_mrpc.py --model" in (run_dir / "logs" / "node-1.log").read_text()
     status = [json.loads((run_dir / "status" / f"node-{n}.json").read_text()) for n in (0, 1)]
@@ -180,6 +182,9 @@ def test_chapter3_script_on_two_local_nodes(tmp_path, tiny_model_dir, mrpc_dir):
     assert "| node 0 | state done, returncode 0 |" in report.stdout and "| node 1 | state done, returncode 0 |" in report.stdout
     assert "script-metrics.json" in report.stdout
     assert json.loads((run_dir / "report.json").read_text())["script"]["manifest"]["sha256"]
+    # no records of ours: no empty plot, no made-up throughput
+    assert not (run_dir / "curves.png").exists() and "curves.png" not in report.stdout
+    assert "| throughput | - (no train records) |" in report.stdout and "0.0 samples/s" not in report.stdout
 
 
 @pytest.mark.e2e

@@ -170,7 +170,7 @@ def markdown(report: dict) -> str:
     parts = [f"# ftlaunch report: {report['run']['name']}\n", summary]
     parts += ["\n## Nodes (throughput: sum over the node's ranks)\n", md_table(NODE_HEADERS, node_rows(report))]
     parts += ["\n## Ranks\n", md_table(RANK_HEADERS, rank_rows(report)), f"\n{HEADER_NOTE}\n"]
-    if report.get("curves", {}).get("path"):
+    if (report.get("curves") or {}).get("path"):
         parts.append(f"\n![curves]({report['curves']['path']})\n")
     return "".join(parts)
 
