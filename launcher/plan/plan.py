@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from launcher.errors import UserError
+from launcher.plan import tpu as xla
 from launcher.recipe.schema import Recipe
 
-Target = Literal["local", "slurm"]
+Target = Literal["local", "slurm", "tpu"]  # tpu: a Cloud TPU VM or pod slice, reached with gcloud
 
 # Port pair (rendezvous, join check) from the Slurm job id: even ports only, so jobs with
 # consecutive ids sharing a node never collide; below Linux's ephemeral range (32768+).
@@ -36,6 +37,8 @@ class HostFacts:
 
     gpus: int = 0  # CUDA GPUs visible here; only matters for local runs
     python: str = "python"  # interpreter every node runs (the submitting venv's, on a shared filesystem)
+    torch_xla: bool = False  # the interpreter has torch_xla (local XLA runs need it)
+    tpu_chips: int = 0  # TPU chips on this host (local XLA runs on them, or on the CPU without)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Plan:
     name: str
     target: Target
     run_dir: str
-    device: Literal["cpu", "cuda"]
+    device: Literal["cpu", "cuda", "xla"]
     nodes: int
     procs_per_node: int
     world_size: int
@@ -84,6 +87,8 @@ class Plan:
     # {"script": RUN/script/NAME.py (the copy that runs), "source": the original, "args": [...]}.
     # Then what only the script knows (batch size, data rows, steps, padding) is None in this plan.
     entrypoint: dict | None = None
+    # XLA (cluster.accelerator: tpu): where it runs and the fixed batch shapes (launcher.plan.tpu.xla_section).
+    xla: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,8 +127,13 @@ def make_plan(
     split_rows = split_rows or {}
     notes: list[str] = []
 
-    device, procs_per_node = _placement(recipe, target, host, notes)
-    world = cluster.nodes * procs_per_node
+    placement = xla.xla_placement(recipe, target, host, notes) if cluster.accelerator == "tpu" else None
+    if placement is not None:
+        device, nodes, procs_per_node = "xla", placement.hosts, placement.devices_per_host
+    else:
+        device, procs_per_node = _placement(recipe, target, host, notes)
+        nodes = cluster.nodes
+    world = nodes * procs_per_node
     per_device = train.per_device_batch_size
     accumulation = train.gradient_accumulation_steps
     train_rows = split_rows.get(data.train_split)
@@ -135,7 +145,13 @@ def make_plan(
             raise UserError(f"data.files.{data.train_split}: the training split is empty")
         # Every process sees ceil(rows / world) rows (accelerate pads the last shard), batched per device;
         # a trailing partial accumulation window still ends with an optimizer step.
-        micro_batches = math.ceil(math.ceil(train_rows / world) / per_device)
+        if placement is None:
+            micro_batches = math.ceil(math.ceil(train_rows / world) / per_device)
+        else:  # XLA: one shape for every batch, the ragged last one is dropped
+            micro_batches = xla.micro_batches(train_rows, world, per_device)
+            if micro_batches == 0:
+                raise UserError(f"data.files.{data.train_split}: {train_rows} training rows do not fill one batch of "
+                                f"{per_device} on each of {world} XLA devices")  # fmt: skip
         steps_per_epoch = math.ceil(micro_batches / accumulation)
     if train.max_steps:
         total = train.max_steps
@@ -148,10 +164,19 @@ def make_plan(
     if train.save_strategy == "steps" and total is not None and train.save_steps and train.save_steps > total:
         notes.append(f"save_steps {train.save_steps} > total steps {total}: only the final model is saved")
 
-    rendezvous = _rendezvous(recipe, target, local_port)
-    # Inside a container the image's interpreter runs, not the submitting host's venv.
-    python = "python3" if recipe.cluster.container and target == "slurm" else host.python
-    node_command, launch_command = _commands(python, run_dir, ["-m", "launcher.train", run_dir])
+    if placement is not None:
+        rendezvous = Rendezvous(**xla.xla_rendezvous(placement, recipe.distributed))
+    else:
+        rendezvous = _rendezvous(recipe, target, local_port)
+    # Inside a container the image's interpreter runs, not the submitting host's venv; on a TPU VM its own.
+    python = "python3" if (recipe.cluster.container and target == "slurm") or target == "tpu" else host.python
+    eval_batch = train.eval_batch_size or 2 * per_device
+    if placement is None:
+        node_command, launch_command = _commands(python, run_dir, ["-m", "launcher.train", run_dir])
+        xla_info = None
+    else:
+        node_command, launch_command = xla.xla_commands(python, run_dir)
+        xla_info = xla.xla_section(placement, recipe, world, train_rows, eval_rows, eval_batch)
     backend = recipe.distributed.backend
     zero_stage = (2 if recipe.distributed.zero_stage is None else recipe.distributed.zero_stage) if backend == "deepspeed" else None
 
@@ -160,12 +185,12 @@ def make_plan(
         target=target,
         run_dir=run_dir,
         device=device,
-        nodes=cluster.nodes,
+        nodes=nodes,
         procs_per_node=procs_per_node,
         world_size=world,
         gpus_per_node=cluster.gpus_per_node if device == "cuda" else 0,
         per_device_batch_size=per_device,
-        eval_batch_size=train.eval_batch_size or 2 * per_device,
+        eval_batch_size=eval_batch,
         gradient_accumulation_steps=accumulation,
         effective_batch_size=per_device * accumulation * world,
         train_rows=train_rows,
@@ -186,6 +211,7 @@ def make_plan(
         node_command=node_command,
         launch_command=launch_command,
         notes=notes,
+        xla=xla_info,
     )
 
 

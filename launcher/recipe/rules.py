@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from launcher.plan.tpu import tpu_problems
 from launcher.recipe.schema import CLASSIFICATION_METRICS, REGRESSION_METRICS, Recipe
 
 Problem = tuple[str, str]
@@ -143,3 +144,4 @@ def _cluster(recipe: Recipe) -> Iterator[Problem]:
         image = cluster.container.image
         if image.endswith(".sif") and "://" not in image and not Path(image).expanduser().is_file():
             yield "cluster.container.image", f"Apptainer image not found: {image}"
+    yield from tpu_problems(recipe)
