@@ -93,7 +93,7 @@ def ensure_xla_venv(venv: Path | None = None) -> Path:
     """The XLA venv's interpreter, building (or completing) the venv first when needed."""
     venv = venv or venv_path()
     venv.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = venv.parent / f".{venv.name}.lock"
+    lock_path = venv.parent / f"{venv.name}.lock"  # .venv-xla.lock, beside it (ignored by git)
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test sessions (or a benchmark) never build it at once
         if is_complete(venv):
