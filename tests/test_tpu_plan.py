@@ -1,5 +1,5 @@
-"""TPUs in the recipe and the plan: hosts x devices from the accelerator type, the rules a TPU job
-must pass, and the fixed shapes the plan promises.
+"""TPUs in the recipe, the plan and `submit`: hosts x devices from the accelerator type, the rules a
+TPU job must pass, the fixed shapes the plan promises, and the CLI's --tpu/--zone/--tpu-type.
 
 Expected numbers are worked out by hand in the comments (MRPC: 3668 train rows, 408 validation rows)."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.cli.main import main
 from launcher.errors import UserError
 from launcher.plan import HostFacts, make_plan
 from launcher.plan.tpu import micro_batches, topology
@@ -167,3 +168,64 @@ def test_local_tpu_chips_counts_google_tpu_pci_devices(tmp_path):
         (tmp_path / name / "device").write_text(device + "\n")
     assert local_tpu_chips(tmp_path) == 2
     assert local_tpu_chips(tmp_path / "absent") == 0
+
+
+# ----------------------------------------------------------------------------------- the CLI
+
+
+def submit(capsys, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["submit", MRPC_RECIPE, "--set", f"output_dir={tmp_path / 'runs'}", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_dry_run_renders_the_xla_config_and_the_pod_script(capsys, tmp_path):
+    code, out, err = submit(capsys, tmp_path, "--tpu", "my-pod", "--zone", "us-central2-b", "--dry-run")
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("accelerate.yaml", "plan.json", "recipe.yaml", "tpu_pod.sh", "tpu_worker.sh"):
+        assert (run_dir / name).is_file(), name
+        assert name == "recipe.yaml" or f" {name} " in out  # printed, as written
+    assert "distributed_type: XLA" in out and "tpu_name: my-pod" in out
+    assert "gcloud compute tpus tpu-vm ssh \"$FTL_TPU\" \"${FTL_WHERE[@]}\" --worker=all" in out
+    assert f"bash {run_dir}/tpu_pod.sh" in out and "dry run: nothing launched" in out
+    assert "every one [8, 128] per device" in out and "padding" in out
+    resolved = (run_dir / "recipe.yaml").read_text()
+    assert "padding: max_length" in resolved and "--tpu my-pod (data.padding=max_length)" in resolved
+
+
+def test_explicit_dynamic_padding_wins_over_tpu_and_is_refused(capsys, tmp_path):
+    code, out, err = submit(capsys, tmp_path, "--tpu", "p", "--zone", "z", "--set", "data.padding=dynamic", "--dry-run")
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ftlaunch: error: data.padding: dynamic"), err
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_zone_names_the_field(capsys, tmp_path):
+    code, _, err = submit(capsys, tmp_path, "--tpu", "p", "--dry-run")
+    assert code == 2 and "cluster.tpu.zone" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_tpu_type_flag(capsys, tmp_path):
+    code, out, err = submit(capsys, tmp_path, "--tpu", "p", "--zone", "z", "--tpu-type", "v4-32", "--dry-run")
+    assert code == 0, err
+    assert "16 = 4 host(s) x 4 XLA device(s) (v4-32)" in out
+    code, _, err = submit(capsys, tmp_path, "--tpu", "p", "--zone", "z", "--tpu-type", "v4-7", "--dry-run")
+    assert code == 2 and "cluster.tpu.type" in err
+
+
+def test_submit_without_gcloud_writes_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    code, _, err = submit(capsys, tmp_path, "--tpu", "p", "--zone", "z")
+    assert code == 2 and err.startswith("ftlaunch: error: gcloud not found on PATH"), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_local_xla_from_an_interpreter_without_torch_xla(capsys, tmp_path):
+    if os.environ.get("PJRT_DEVICE") or __import__("importlib").util.find_spec("torch_xla"):
+        pytest.skip("this interpreter has torch_xla")
+    code, _, err = submit(capsys, tmp_path, "--local", "--set", "cluster.accelerator=tpu", "--set", "data.padding=max_length")
+    assert code == 2 and "ftlaunch: error: cluster.accelerator: tpu runs on XLA" in err
+    assert not (tmp_path / "runs").exists()
