@@ -7,6 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from launcher.collect.xla import xla_rows
+
 
 def num(value, digits: int = 4) -> str:
     if value is None:
@@ -59,6 +61,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     for name, best in ev["best"].items():
         rows.append((f"best {name}", f"{num(best['value'])}  ({_where(best)}, {best['mode']})"))
     rows.append(("eval rows", f"{num(ev['rows'])} ({ev['count']} evaluation(s))"))
+    rows += xla_rows(report)
     tp = report["throughput"]
     rates = f"{rate(tp['samples_per_s'])} samples/s, {rate(tp['tokens_per_s'])} tokens/s"
     rows.append(("throughput", f"{rates} (sum over {tp['nodes']} node(s))"))

@@ -15,6 +15,7 @@ import yaml
 from launcher.jsonfiles import read_json
 from launcher.collect import ranks as rank_stats
 from launcher.collect.records import RecordSet, attempt_of, by_type, resume_steps
+from launcher.collect.xla import xla_section
 
 FAILED_STATES = ("failed", "error", "killed", "timeout")
 
@@ -222,6 +223,7 @@ def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_m
         "config": config_section(plan, read_recipe(run_dir), by_type(merged, "setup")),
         "eval": eval_section(merged, results),
         "train": train_section(merged, plan, results),
+        "xla": xla_section(merged),
         "throughput": {**rank_stats.totals(nodes), "nodes": len(nodes)},
         "time": time_section(read.records, results),
         "restarts": max(attempts, default=0),

@@ -70,7 +70,7 @@ def param_checksum(model) -> float:
 
 
 def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan, records, progress,
-        checkpointer, stop, start: Position | None = None) -> FitResult:  # fmt: skip
+        checkpointer, stop, start: Position | None = None, compiles=None) -> FitResult:  # fmt: skip
     train = recipe.train
     per_epoch, epochs, total = steps_for(len(loaders.train), plan.gradient_accumulation_steps, recipe)
     checksum = plan.backend == "ddp"  # ZeRO-3 shards parameters: a local sum means nothing there
@@ -133,6 +133,8 @@ def fit(accelerator, model, optimizer, scheduler, loaders, recipe: Recipe, plan,
                 continue
             step += 1
             window.steps += 1
+            if compiles is not None:  # XLA: a graph compiled after the first epoch is a shape leak
+                compiles.after_step(step, epoch)
             epoch_float = epoch + (micro_index + 1) / length
             if step % train.logging_steps == 0 or step == total:
                 info = window.summary()

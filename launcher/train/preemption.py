@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -24,9 +25,14 @@ class StopRequest:
         self.signum: int | None = None
         self.in_loop = False
 
-    def install(self) -> None:
+    def install(self) -> bool:
+        """False where Python cannot handle signals: accelerate's XLA launcher runs each rank in a thread
+        of its process, and only a main thread may install handlers (a stop request then ends the rank)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
         for signum in (signal.SIGUSR2, signal.SIGTERM):
             signal.signal(signum, self._handle)
+        return True
 
     def _handle(self, signum, _frame) -> None:
         if not self.in_loop:
