@@ -103,6 +103,22 @@ def test_a_shape_leak_is_named_with_its_step():
     assert "2 graph(s) after the first epoch, at steps 5, 7" in said[-1]
 
 
+def test_the_first_evaluation_or_logging_step_compiles_as_warm_up():
+    """eval_steps or logging_steps longer than an epoch put the first evaluation (or the first parameter
+    checksum) after the first epoch: its graphs are new but no leak; a later one that compiles is."""
+    counter, said = Counter(), []
+    watch = CompileWatch(True, count=counter, say=said.append)
+    records = CountingRecords(type("Sink", (), {"write": lambda self, kind, **fields: None})(), watch)
+    for step in range(1, 9):
+        watch.after_step(step, epoch=step // 5)  # epoch 2 from step 5
+    counter.value += 1
+    records.write("eval", step=8)  # the first evaluation, in epoch 2: its graph is warm-up
+    counter.value += 1
+    records.write("eval", step=8)  # an evaluation that compiles again: its shapes changed
+    assert watch.summary()["xla_leak_steps"] == [8]
+    assert len(said) == 2 and "at an evaluation after step 8" in said[0]
+
+
 def test_logging_steps_run_the_step_graph_first(monkeypatch):
     import launcher.train.xla as xla
 

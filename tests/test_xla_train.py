@@ -19,7 +19,8 @@ from xla_venv import XlaVenvUnavailable, ensure_xla_venv
 pytestmark = [pytest.mark.e2e, pytest.mark.xla]
 
 # Graphs a fixed-shape run needs: the rendezvous at setup, the first training step (it creates the
-# optimizer state), the steady step and its logging-step variant, the parameter checksum, evaluation.
+# optimizer state), the steady step, the parameter checksum of logging steps, the evaluation step and
+# the cut of its gathered last batch; a few to spare.
 MAX_COMPILES = 8
 
 

@@ -27,6 +27,11 @@ class Window:
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: torch.Tensor, batch: dict) -> None:
+        if not self.micro_batches:
+            # Sums start as tensors uploaded from the host, not Python zeros (a constant in the step's graph):
+            # the first step of a window then has the same graph as the others, which XLA compiles once.
+            self.loss_sum = torch.zeros(1, dtype=torch.float32).to(loss.device)
+            self.tokens = torch.zeros(1, dtype=torch.int64).to(loss.device)
         self.loss_sum = self.loss_sum + loss.detach().float()
         self.micro_batches += 1
         self.samples += int(batch["labels"].shape[0])

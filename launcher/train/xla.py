@@ -2,9 +2,10 @@
 
 An XLA device runs compiled graphs, one per distinct input shape (and per distinct Python-side
 structure of the step). With fixed shapes the count stops growing once the first epoch has
-compiled every graph it needs (the training step, its first-step and logging-step variants, the
-evaluation step); a count that still grows later is a shape leak, and each leak costs a compile
-(about 20 s on a CPU, seconds on a TPU). The CompileWatch counts compilations from torch_xla's own
+compiled every graph it needs (the first training step, which creates the optimizer state, the
+steady step, the parameter checksum of logging steps, the evaluation step); a count that still
+grows later is a shape leak, and each leak costs a compile
+(seconds for a small BERT, minutes for a large model). The CompileWatch counts compilations from torch_xla's own
 metrics (host-side counters: reading them never waits for the device), adds the count to the
 train, eval and summary records, and warns with the step when it grows after the first epoch.
 
@@ -139,11 +140,13 @@ class CompileWatch:
             self._leak(now - self.seen, f"between step {self.step} and step {step}", step)
         self.seen, self.step = now, step
 
-    def observe(self) -> int:
-        """At an evaluation or the end: the count now, attributed to the current epoch."""
+    def observe(self, what: str = "the end", first: bool = False) -> int:
+        """At a logging step, an evaluation, a checkpoint or the end: the count now, attributed to the
+        current epoch. The first of each kind compiles its own graphs (the parameter checksum, the
+        evaluation step, ...): those count as warm-up, wherever they fall."""
         now = self.count()
-        if now > self.seen and self.epoch >= 1:
-            self._leak(now - self.seen, f"after step {self.step} (evaluation or checkpoint)", self.step)
+        if now > self.seen and self.epoch >= 1 and not first:
+            self._leak(now - self.seen, f"at {what} after step {self.step}", self.step)
         self.seen = now
         return now
 
@@ -157,7 +160,7 @@ class CompileWatch:
             )
 
     def summary(self) -> dict:
-        total = self.observe()
+        total = self.observe("saving the model", first=True)
         by_epoch = {**self.by_epoch, self.epoch + 1: total}
         if self.leaks:
             new = sum(leak["new"] for leak in self.leaks)
@@ -178,16 +181,22 @@ class CountingRecords:
     """RankRecords that add the compilation count to train and eval records, and the per-epoch counts
     and leaks to the summary."""
 
+    WHAT = {"train": "a logging step", "eval": "an evaluation", "checkpoint": "a checkpoint"}
+
     def __init__(self, records, watch: CompileWatch):
         self._records = records
         self._watch = watch
+        self._seen_kinds: set[str] = set()
 
     def write(self, kind: str, **fields) -> None:
-        if kind in ("train", "setup"):
+        if kind in self.WHAT:
+            first = kind not in self._seen_kinds
+            self._seen_kinds.add(kind)
+            fields["xla_compiles"] = self._watch.observe(self.WHAT[kind], first=first)
+            if kind == "train":
+                fields["xla_host_transfers"] = transfer_count()
+        elif kind == "setup":
             fields["xla_compiles"] = self._watch.count()
-            fields["xla_host_transfers"] = transfer_count()
-        elif kind in ("eval", "checkpoint"):
-            fields["xla_compiles"] = self._watch.observe()
         elif kind == "summary":
             fields.update(self._watch.summary())
         self._records.write(kind, **fields)
