@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.plan import Plan
+from launcher.cli.xla_display import xla_device, xla_shape_rows, xla_world
 from launcher.render.commands import launch_command_lines, node_command_lines
 
 
@@ -34,7 +35,11 @@ def plan_table(plan: Plan) -> Table:
     padding = str(plan.padding) + (f", multiple of {plan.pad_to_multiple_of}" if plan.pad_to_multiple_of else "")
     table.add_row("run dir", plan.run_dir)
     table.add_row("target", plan.target)
-    table.add_row("world size", f"{plan.world_size} = {plan.nodes} node(s) x {plan.procs_per_node} process(es)")
+    if plan.xla:
+        world, device = xla_world(plan), xla_device(plan)
+    else:
+        world = f"{plan.world_size} = {plan.nodes} node(s) x {plan.procs_per_node} process(es)"
+    table.add_row("world size", world)
     table.add_row("device", device)
     if plan.entrypoint is not None:
         _script_rows(plan, table, backend, port)
@@ -48,6 +53,8 @@ def plan_table(plan: Plan) -> Table:
     table.add_row("steps", _steps(plan))
     table.add_row("precision", plan.precision)
     table.add_row("padding", f"{padding} (max_length {plan.max_length})")
+    for key, value in xla_shape_rows(plan) if plan.xla else []:
+        table.add_row(key, value)
     table.add_row("backend", backend)
     table.add_row("rendezvous", f"head {plan.rendezvous.head_rule}; port {port}")
     for note in plan.notes:

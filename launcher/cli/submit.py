@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--local", action="store_true", help="run on this host: N nodes = N local launchers")
     parser.add_argument(
+        "--tpu", metavar="NAME", help="run on this Cloud TPU VM or pod slice (cluster.accelerator=tpu, cluster.tpu.name; "
+        "also data.padding=max_length unless --set says otherwise: TPUs need fixed shapes)",
+    )  # fmt: skip
+    parser.add_argument("--zone", help="the TPU's zone, e.g. us-central2-b (cluster.tpu.zone)")
+    parser.add_argument("--tpu-type", metavar="TYPE", help="TPU accelerator type, e.g. v4-32 (cluster.tpu.type)")
+    parser.add_argument(
         "--dry-run", action="store_true", help="write the run dir and print plan + files; launch nothing"
     )
     parser.add_argument(
@@ -81,8 +87,12 @@ def run(args: argparse.Namespace) -> int:
             "cluster.nodes": ("--nodes", args.nodes),
             "cluster.gpus_per_node": ("--gpus-per-node", args.gpus_per_node),
             "cluster.procs_per_node": ("--procs-per-node", args.procs_per_node),
+            "cluster.tpu.name": ("--tpu", args.tpu),
+            "cluster.tpu.zone": ("--zone", args.zone),
+            "cluster.tpu.type": ("--tpu-type", args.tpu_type),
         },
     )
+    overrides = _tpu_overrides(args, overrides)
     overrides = _script_overrides(args, overrides)
     console = Console(highlight=False, soft_wrap=True)  # long paths stay whole (copy-pastable, greppable)
     if args.resume:
@@ -93,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
         if args.local:
             raise UserError("--sweep submits one Slurm job array; it cannot run with --local (use --dry-run to see it)")
         return _submit_sweep(args, overrides, console)
-    target = "local" if args.local else "slurm"
+    target = "local" if args.local else "remote"  # remote: Slurm, or the TPU the recipe names
     prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv, dry_run=args.dry_run)
+    target = prepared.plan.target
     problems = preflight([prepared.recipe], args.recipe, target, check_cache=not args.no_check)
     if problems and not args.dry_run:
         raise UserError(*problems)  # nothing written
@@ -104,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         print_files({k: v for k, v in prepared.files.items() if k != "env.json" and isinstance(v, str)}, console)
         if target == "slurm":
             _print_sbatch_command(prepared.run_dir / "sbatch.sh", console)
+        if target == "tpu":
+            _print_pod_command(prepared.run_dir, console)
         _print_checks(problems, args.no_check, console)
         _dry_run_done(prepared.run_dir, console)
         return 0
@@ -112,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
 
         print_plan(prepared.plan, console)
         return run_local(prepared.plan, console)
+    if target == "tpu":
+        from launcher.submit.tpu_pod import run_pod
+
+        print_plan(prepared.plan, console)
+        return run_pod(prepared.run_dir, console)
     return _submit_one(prepared, console)
 
 
@@ -159,6 +177,27 @@ def _dry_run_done(run_dir: Path, console) -> None:
     prune_dry_runs(run_dir.parent)
     _plain(console, f"dry run: nothing launched; its run dir (kept apart from real runs: `ftlaunch ls --all` lists it, "
                     f"the newest {KEEP_DRY_RUNS} dry runs are kept): {run_dir}")  # fmt: skip
+
+
+def _tpu_overrides(args: argparse.Namespace, overrides: list) -> list:
+    """--tpu NAME also means cluster.accelerator=tpu and fixed-length padding (TPUs need fixed shapes);
+    the padding goes first, so that a --set data.padding=... still wins (and a TPU plan refuses dynamic)."""
+    from launcher.recipe import Override
+
+    if args.tpu is None:
+        return overrides
+    accelerator = Override("cluster.accelerator", "tpu", f"--tpu {args.tpu} (cluster.accelerator=tpu)", origin="--tpu")
+    padding = [] if args.script else [
+        Override("data.padding", "max_length", f"--tpu {args.tpu} (data.padding=max_length)", origin="--tpu")
+    ]  # fmt: skip
+    return [*padding, *overrides, accelerator]
+
+
+def _print_pod_command(run_dir: Path, console) -> None:
+    from launcher.submit.tpu_pod import pod_command
+
+    console.print("[bold]pod command[/bold] (what submit runs; it needs gcloud, and no TPU is reached by a dry run):")
+    console.print("  " + shlex.join(pod_command(run_dir)), markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_sbatch_command(script: Path, console) -> None:

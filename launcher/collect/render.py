@@ -7,6 +7,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from launcher.collect.xla import xla_rows
+
 
 def num(value, digits: int = 4) -> str:
     if value is None:
@@ -64,6 +66,7 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("baseline", f"{scores}  (always class {baseline['majority_class']}: "
                                  f"{baseline['majority_rows']} of {num(ev['rows'])} rows)"))  # fmt: skip
     rows.append(("eval rows", f"{num(ev['rows'])} ({ev['count']} evaluation(s))"))
+    rows += xla_rows(report)
     tp = report["throughput"]
     if tp["nodes"]:
         rates = f"{rate(tp['samples_per_s'])} samples/s, {rate(tp['tokens_per_s'])} tokens/s"

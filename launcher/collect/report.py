@@ -13,6 +13,7 @@ import yaml
 
 from launcher.collect import ranks as rank_stats
 from launcher.collect.records import RecordSet, attempt_of, by_type, resume_steps
+from launcher.collect.xla import xla_section
 from launcher.recipe.schema import metric_goal
 from launcher.rundir.checkpoints import checkpoint_dirs, read_manifest
 from launcher.rundir.durable import read_json
@@ -209,6 +210,7 @@ def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_m
         "config": config_section(plan, read_recipe(run_dir), by_type(merged, "setup")),
         "eval": eval_section(merged, results),
         "train": train_section(merged, plan, results),
+        "xla": xla_section(merged),
         "throughput": {**rank_stats.totals(nodes), "nodes": len(nodes)},
         "time": time_section(read.records, results),
         "restarts": max(attempts, default=0),

@@ -14,9 +14,10 @@ from typing import Literal
 from launcher.cpu import SLOW_BF16
 from launcher.errors import UserError
 from launcher.plan.steps import Schedule, micro_batches_per_epoch, schedule
+from launcher.plan import tpu as xla
 from launcher.recipe.schema import Recipe
 
-Target = Literal["local", "slurm"]
+Target = Literal["local", "slurm", "tpu"]  # tpu: a Cloud TPU VM or pod slice, reached with gcloud
 
 # Port pair (rendezvous, join check) from the Slurm job id: even ports only, so jobs with
 # consecutive ids sharing a node never collide; below Linux's ephemeral range (32768+).
@@ -38,6 +39,8 @@ class HostFacts:
     gpus: int = 0  # CUDA GPUs visible here; only matters for local runs
     python: str = "python"  # interpreter every node runs (the submitting venv's, on a shared filesystem)
     cpu_bf16: bool | None = None  # native bf16 on this CPU (None: unknown); only matters for local CPU runs
+    torch_xla: bool = False  # the interpreter has torch_xla (local XLA runs need it)
+    tpu_chips: int = 0  # TPU chips on this host (local XLA runs on them, or on the CPU without)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class Plan:
     name: str
     target: Target
     run_dir: str
-    device: Literal["cpu", "cuda"]
+    device: Literal["cpu", "cuda", "xla"]
     nodes: int
     procs_per_node: int
     world_size: int
@@ -86,6 +89,8 @@ class Plan:
     # {"script": RUN/script/NAME.py (the copy that runs), "source": the original, "args": [...]}.
     # Then what only the script knows (batch size, data rows, steps, padding) is None in this plan.
     entrypoint: dict | None = None
+    # XLA (cluster.accelerator: tpu): where it runs and the fixed batch shapes (launcher.plan.tpu.xla_section).
+    xla: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,23 +128,36 @@ def make_plan(
     """Recipe + where it runs -> Plan. Raises UserError for combinations that cannot run."""
     cluster, train = recipe.cluster, recipe.train
     notes: list[str] = []
-    device, procs_per_node = _placement(recipe, target, host, notes)
-    world = cluster.nodes * procs_per_node
+    placement = xla.xla_placement(recipe, target, host, notes) if cluster.accelerator == "tpu" else None
+    if placement is not None:
+        device, nodes, procs_per_node = "xla", placement.hosts, placement.devices_per_host
+    else:
+        device, procs_per_node = _placement(recipe, target, host, notes)
+        nodes = cluster.nodes
+    world = nodes * procs_per_node
     python = _interpreter(recipe, target, host)
     if recipe.entrypoint is None:
-        work = _trainer_work(recipe, world, split_rows or {}, notes)
+        work = _trainer_work(recipe, world, split_rows or {}, notes, drop_last=placement is not None)
         program = ["-m", "launcher.train", run_dir]
     else:
         work = _script_work(recipe, run_dir, device, notes)
         program = [work["entrypoint"]["script"], *recipe.entrypoint.args]
-    node_command, launch_command = _commands(python, run_dir, program)
+    if placement is None:
+        node_command, launch_command = _commands(python, run_dir, program)
+        rendezvous = _rendezvous(recipe, target, local_port)
+        xla_info = None
+    else:
+        node_command, launch_command = xla.xla_commands(python, run_dir)
+        rendezvous = Rendezvous(**xla.xla_rendezvous(placement, recipe.distributed))
+        xla_info = xla.xla_section(placement, recipe, world, work["train_rows"], work["eval_rows"],
+                                   work["eval_batch_size"])  # fmt: skip
     per_device = work.pop("per_device_batch_size")
     return Plan(
         name=recipe.name,
         target=target,
         run_dir=run_dir,
-        device=device,  # type: ignore[arg-type]  # "cpu" | "cuda"
-        nodes=cluster.nodes,
+        device=device,  # type: ignore[arg-type]  # "cpu" | "cuda" | "xla"
+        nodes=nodes,
         procs_per_node=procs_per_node,
         world_size=world,
         gpus_per_node=cluster.gpus_per_node if device == "cuda" else 0,
@@ -149,24 +167,33 @@ def make_plan(
         precision=train.precision,
         backend=recipe.distributed.backend,
         zero_stage=recipe.distributed.stage,
-        rendezvous=_rendezvous(recipe, target, local_port),
+        rendezvous=rendezvous,
         python=python,
         node_command=node_command,
         launch_command=launch_command,
         notes=notes,
+        xla=xla_info,
         **work,
     )
 
 
-def _trainer_work(recipe: Recipe, world: int, split_rows: dict[str, int], notes: list[str]) -> dict:
-    """What the built-in trainer will do: batches, data rows, steps, padding."""
+def _trainer_work(recipe: Recipe, world: int, split_rows: dict[str, int], notes: list[str], drop_last: bool) -> dict:
+    """What the built-in trainer will do: batches, data rows, steps, padding. drop_last (XLA): every
+    batch has one shape, the ragged last one of an epoch is dropped."""
     train, data = recipe.train, recipe.data
     assert data is not None  # the schema requires it without an entrypoint
     train_rows = split_rows.get(data.train_split)
     eval_rows = split_rows.get(data.eval_split) if data.eval_split else None
     if train_rows == 0:
         raise UserError(f"data.files.{data.train_split}: the training split is empty")
-    micro = micro_batches_per_epoch(train_rows, world, train.per_device_batch_size) if train_rows else None
+    micro = None
+    if train_rows and drop_last:
+        micro = xla.micro_batches(train_rows, world, train.per_device_batch_size)
+        if micro == 0:
+            raise UserError(f"data.files.{data.train_split}: {train_rows} training rows do not fill one batch of "
+                            f"{train.per_device_batch_size} on each of {world} XLA devices")  # fmt: skip
+    elif train_rows:
+        micro = micro_batches_per_epoch(train_rows, world, train.per_device_batch_size)
     steps = schedule(micro, train.gradient_accumulation_steps, train)
     if train.save_strategy == "steps" and steps.total_steps and train.save_steps and train.save_steps > steps.total_steps:
         notes.append(f"save_steps {train.save_steps} > total steps {steps.total_steps}: only the final model is saved")
@@ -239,8 +266,8 @@ _ONLY_THE_SCRIPT_KNOWS = dict.fromkeys(
 
 
 def _interpreter(recipe: Recipe, target: Target, host: HostFacts) -> str:
-    """Inside a container the image's interpreter runs, not the submitting host's venv."""
-    return "python3" if recipe.cluster.container and target == "slurm" else host.python
+    """Inside a container the image's interpreter runs, not the submitting host's venv; on a TPU VM its own."""
+    return "python3" if (recipe.cluster.container and target == "slurm") or target == "tpu" else host.python
 
 
 def _placement(recipe: Recipe, target: Target, host: HostFacts, notes: list[str]) -> tuple[str, int]:

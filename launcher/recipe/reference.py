@@ -51,7 +51,9 @@ def reference() -> str:
         inner = [a for a in (field.annotation, *typing.get_args(field.annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
         if inner:
             sections.append((name, inner[0]))
-    sections.append(("cluster.container", Recipe.model_fields["cluster"].annotation.model_fields["container"].annotation.__args__[0]))
+    cluster = Recipe.model_fields["cluster"].annotation
+    for name in ("container", "tpu"):
+        sections.append((f"cluster.{name}", cluster.model_fields[name].annotation.__args__[0]))
     for title, model in sections:
         lines += ["", f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():

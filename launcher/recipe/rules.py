@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from launcher.plan.tpu import tpu_problems
 from launcher.recipe.schema import CLASSIFICATION_METRICS, REGRESSION_METRICS, Recipe
 from launcher.secrets import looks_secret, secret_argument
 
@@ -157,3 +158,4 @@ def _cluster(recipe: Recipe) -> Iterator[Problem]:
         image = cluster.container.image
         if image.endswith(".sif") and "://" not in image and not Path(image).expanduser().is_file():
             yield "cluster.container.image", f"Apptainer image not found: {image}"
+    yield from tpu_problems(recipe)

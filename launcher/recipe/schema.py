@@ -124,6 +124,13 @@ class ContainerSpec(Section):
     mounts: list[NonEmptyStr] = Field(default_factory=list, description="SRC:DST bind mounts")
 
 
+class TpuSpec(Section):
+    name: NonEmptyStr = Field(..., description="the TPU VM or pod slice, as gcloud compute tpus tpu-vm create named it")
+    zone: NonEmptyStr = Field(..., description="its zone, e.g. us-central2-b")
+    type: NonEmptyStr = Field("v4-8", description="accelerator type, e.g. v4-32, v5litepod-16: gives hosts x chips")
+    project: NonEmptyStr | None = Field(None, description="Google Cloud project (default: gcloud's core/project)")
+
+
 class ClusterSpec(Section):
     # `time: 90` (minutes), `mem: 64000` and `env: {OMP_NUM_THREADS: 4}` are numbers in YAML; Slurm and
     # the environment want text, so numbers are taken as their text (booleans are still refused).
@@ -131,6 +138,9 @@ class ClusterSpec(Section):
 
     nodes: int = Field(1, ge=1, le=4096, description="nodes (local runs: launchers on this host)")
     gpus_per_node: int = Field(1, ge=0, le=64, description="0 trains on CPU (gloo)")
+    accelerator: Literal["gpu", "tpu"] = Field(
+        "gpu", description="gpu: CUDA GPUs, or CPU with gpus_per_node 0; tpu: a Cloud TPU over XLA (cluster.tpu)"
+    )
     procs_per_node: int | None = Field(None, ge=1, le=256, description="defaults to gpus_per_node (1 on CPU)")
     cpus_per_task: int | None = Field(None, ge=1, description="Slurm --cpus-per-task for the one task per node")
     mem: NonEmptyStr | None = Field(None, description="memory per node, Slurm syntax (e.g. 64G)")
@@ -140,6 +150,7 @@ class ClusterSpec(Section):
     time: NonEmptyStr = Field("04:00:00", description="Slurm time limit ([D-]HH:MM:SS or minutes)")
     constraint: NonEmptyStr | None = Field(None, description="Slurm node features, e.g. a100")
     container: ContainerSpec | None = Field(None, description="run every node inside this image")
+    tpu: TpuSpec | None = Field(None, description="the Cloud TPU VM or pod slice (with accelerator: tpu)")
     max_requeues: int = Field(3, ge=0, description="times a preempted job requeues itself")
     preempt_signal_s: int = Field(120, ge=10, description="seconds before the time limit Slurm warns the job")
     setup: list[NonEmptyStr] = Field(default_factory=list, description="shell lines run before launch (module load ...)")

@@ -18,6 +18,7 @@ def render_files(
     Slurm target: with the recipe (its cluster section: partition, time, container, ...) also the
     batch script, sbatch.sh; `cache_env` is the Hugging Face cache paths the job exports
     (launcher.hfcache.hf_cache_env(): as resolved on the submitting host).
+    TPU target: with the recipe (setup lines, env) also the pod script and the worker script.
     DeepSpeed backend: with the recipe (max_grad_norm, offload) also deepspeed.json."""
     files = {
         "plan.json": render_plan_json(plan),
@@ -27,6 +28,10 @@ def render_files(
         from launcher.render.sbatch import SCRIPT_NAME, render_sbatch
 
         files[SCRIPT_NAME] = render_sbatch(plan, recipe, cache_env)
+    if plan.target == "tpu" and recipe is not None:
+        from launcher.render.tpu_pod import render_tpu_files
+
+        files.update(render_tpu_files(plan, recipe))
     if plan.backend == "deepspeed" and recipe is not None:
         from launcher.render.deepspeed_config import FILE_NAME, render_deepspeed_config
 

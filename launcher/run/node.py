@@ -65,6 +65,8 @@ def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
         sharing = plan.world_size if plan.target == "local" else plan.procs_per_node
         cores = int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or len(os.sched_getaffinity(0))
         env["OMP_NUM_THREADS"] = str(max(1, cores // sharing))
+    if plan.device == "xla":  # PJRT: the TPU chips, or XLA on the CPU where the plan found none
+        env["PJRT_DEVICE"] = plan.xla["pjrt_device"]
     if plan.target == "local" and plan.device == "cuda" and plan.nodes > 1:
         # N "nodes" on one host: each gets its own slice of the GPUs.
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -178,7 +180,7 @@ def run_node(plan: Plan, machine_rank: int, head: str, port: int) -> int:
     say(f"host {socket.gethostname()}, head {head}:{port}, {plan.procs_per_node} process(es), world {plan.world_size}")
     write_node_status(plan, machine_rank, state="joining", attempt=attempt)
     store = None
-    if plan.nodes > 1:
+    if plan.nodes > 1 and plan.device != "xla":  # XLA: PJRT checks its peers itself
         from launcher.run.join import JoinError, join
 
         try:
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port or plan.rendezvous.port
     if not 0 <= args.machine_rank < plan.nodes:
         parser.error(f"--machine-rank {args.machine_rank} is outside 0..{plan.nodes - 1}")
-    if port is None:
+    if port is None and plan.device != "xla":
         parser.error("--port is required (the plan derives it from the Slurm job id at run time)")
     return run_node(plan, args.machine_rank, head, port)
 

@@ -20,10 +20,10 @@ _NO_CONFIG = ("Could not establish a configuration source", "fetch_config", "Una
 def preflight(recipes: list[Recipe], recipe_path: str | None, target: str, check_cache: bool = True) -> list[str]:
     """Every problem that would stop this submission (a sweep: its points' recipes, each model and
     dataset checked once)."""
-    problems = slurm_reachable() if target == "slurm" else []
-    if problems:  # no Slurm to submit to from here: nothing else matters yet
+    problems = slurm_reachable() if target == "slurm" else gcloud_available() if target == "tpu" else []
+    if problems:  # nothing to submit to from here: nothing else matters yet
         return problems
-    if check_cache:
+    if check_cache and target != "tpu":  # TPU VMs have their own disks (and the Hub): nothing of this host's to check
         seen = set()
         for recipe in recipes:
             key = (recipe.model, recipe.data) if recipe.entrypoint is None else None
@@ -54,6 +54,12 @@ def slurm_reachable() -> list[str]:
         return [f"no Slurm configuration found ({where}; no /etc/slurm/slurm.conf, no configless DNS record): "
                 "set SLURM_CONF or run on a login node of the cluster"]  # fmt: skip
     return [f"Slurm does not answer (sinfo: {said[:200] or f'exit {result.returncode}'}): is slurmctld up?"]
+
+
+def gcloud_available() -> list[str]:
+    from launcher.submit.tpu_pod import NO_GCLOUD
+
+    return [] if shutil.which("gcloud") else [NO_GCLOUD]
 
 
 def needs_available(recipe: Recipe, recipe_path: str, target: str) -> list[str]:

@@ -37,8 +37,11 @@ def prepare_run(
     dry_run: bool = False,
 ) -> PreparedRun:
     """Validate, plan and render in memory; raises UserError before anything touches the disk.
+    target: local, slurm, tpu, or remote (slurm, or tpu where the recipe's cluster.accelerator says so).
     A dry run's dir is named <name>-dryrun-...: kept apart from real runs, and pruned."""
     recipe = load_recipe(recipe_path, overrides).recipe
+    if target == "remote":  # not this host: the TPU the recipe names, or Slurm
+        target = "tpu" if recipe.cluster.accelerator == "tpu" else "slurm"
     run_dir = new_run_dir(recipe.output_dir, recipe.name, dry_run=dry_run)
     port = free_port_pair() if target == "local" else None
     plan = make_plan(recipe, target, str(run_dir), host, split_rows(recipe), local_port=port)

@@ -36,6 +36,8 @@ def resumable_plan(run_dir: Path, local: bool) -> tuple[Plan, int, int]:
     step = last_checkpoint_step(run_dir)
     if step is None:
         raise UserError(f"--resume {run_dir}: no complete checkpoint to resume from; submit the recipe again")
+    if plan.target == "tpu":
+        raise UserError(f"--resume {run_dir}: resuming a TPU run is not supported yet; submit the recipe again")
     if local and plan.target != "local":
         raise UserError(f"--resume {run_dir}: this run was planned for Slurm; resume it without --local")
     if not local and plan.target == "local":

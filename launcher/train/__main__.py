@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = Plan.from_dict(json.loads((run_dir / PLAN_FILE).read_text()))
     recipe = load_resolved(run_dir / RECIPE_FILE)
+    if plan.device == "xla":  # rank from the XLA runtime (accelerate's XLA launcher sets none)
+        from launcher.train.xla import prepare_rank
+
+        prepare_rank()
     who = RankIdentity.from_env(plan.procs_per_node)
     stop = StopRequest()
     stop.install()
@@ -85,7 +89,7 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
     optimizer = make_adamw(
         [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        recipe, fused=plan.backend == "ddp",
+        recipe, fused=plan.backend == "ddp" and plan.device != "xla",
     )  # fmt: skip
     model, optimizer, loaders.train = accelerator.prepare(model, optimizer, loaders.train)
     if loaders.eval is not None:
@@ -97,6 +101,13 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     scheduler = get_scheduler(recipe.train.scheduler, optimizer, num_warmup_steps=steps.warmup_steps,
                               num_training_steps=steps.total_steps)  # fmt: skip
     accelerator.register_for_checkpointing(scheduler)
+    compiles = None
+    if plan.device == "xla":  # count XLA compilations in the records; warn when they keep coming
+        from launcher.train.xla import CompileWatch
+
+        logs_at = lambda step: step % recipe.train.logging_steps == 0 or step == steps.total_steps  # noqa: E731
+        compiles = CompileWatch(accelerator.is_main_process, sync_steps=logs_at)
+        records = compiles.counting(records)
     records.write(
         "setup", world_size=accelerator.num_processes, device=str(accelerator.device),
         distributed_type=str(accelerator.distributed_type), mixed_precision=accelerator.mixed_precision,
@@ -123,7 +134,7 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     # --- fit (+ evaluate and checkpoint on the planned cadence)
     progress = make_progress(accelerator.is_main_process, steps.total_steps)
     trainer = Trainer(accelerator, model, optimizer, scheduler, loaders, recipe, steps, plan.backend, records,
-                      progress, checkpointer, stop)  # fmt: skip
+                      progress, checkpointer, stop, compiles)  # fmt: skip
     try:
         result = trainer.fit(start)
     finally:

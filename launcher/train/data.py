@@ -108,6 +108,9 @@ def build_loaders(recipe: Recipe, tokenizer, accelerator, world_size: int, eval_
             eval_set = tokenize(recipe, raw, tokenizer, data.eval_split, data.max_eval_samples)
 
     collate = collator(recipe, tokenizer)
+    # XLA (TPU): every batch one shape, or each new shape compiles a new graph: training drops the
+    # ragged last batch, evaluation fills its last batch up with rows it leaves out of the metrics.
+    static = recipe.cluster.accelerator == "tpu"
     # Loaders get their own generators: creating an iterator then never draws from the global RNG, so a
     # run resumed mid-epoch sees the same dropout masks as one that was never interrupted.
     generator = torch.Generator().manual_seed(train.seed)
@@ -119,16 +122,22 @@ def build_loaders(recipe: Recipe, tokenizer, accelerator, world_size: int, eval_
         )
     else:
         train_loader = DataLoader(
-            train_set, batch_size=train.per_device_batch_size, shuffle=True, generator=generator, collate_fn=collate
-        )
+            train_set, batch_size=train.per_device_batch_size, shuffle=True, generator=generator, collate_fn=collate,
+            drop_last=static,
+        )  # fmt: skip
     eval_loader = None
     if eval_set is not None:
         if data.padding == "dynamic":
             # Longest first: less padding per batch and an out-of-memory shows up at once; metrics ignore order.
             lengths = [len(ids) for ids in eval_set["input_ids"]]
             eval_set = eval_set.select(sorted(range(len(lengths)), key=lambda i: -lengths[i]))
+        eval_collate = collate
+        if static:
+            from launcher.train.xla import FillToBatch
+
+            eval_collate = FillToBatch(collate, eval_batch_size)
         eval_loader = DataLoader(
-            eval_set, batch_size=eval_batch_size, shuffle=False, collate_fn=collate,
+            eval_set, batch_size=eval_batch_size, shuffle=False, collate_fn=eval_collate,
             generator=torch.Generator().manual_seed(train.seed),
         )  # fmt: skip
     return Loaders(train_loader, eval_loader, len(train_set), len(eval_set) if eval_set is not None else 0)

@@ -9,6 +9,7 @@ import torch
 from launcher import faults
 from launcher.recipe.schema import Recipe
 from launcher.train.metrics import compute_metrics
+from launcher.train.xla import FILLER_KEY, drop_filler
 
 
 @torch.no_grad()
@@ -17,18 +18,22 @@ def evaluate(model, loader, accelerator, recipe: Recipe) -> dict:
     started = time.perf_counter()
     was_training = model.training
     model.eval()
-    logits_parts, label_parts = [], []
+    logits_parts, label_parts, filler_parts = [], [], []
     for batch in loader:
+        filler = batch.pop(FILLER_KEY, None)  # XLA: rows that fill the last batch up to the fixed shape
         logits = model(**batch).logits
         # gather_for_metrics drops the rows accelerate duplicated to even out the last batch
-        logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
-        logits_parts.append(logits.cpu())
-        label_parts.append(labels.cpu())
+        parts = (logits.float(), batch["labels"]) + (() if filler is None else (filler,))
+        gathered = accelerator.gather_for_metrics(parts)
+        logits_parts.append(gathered[0].cpu())
+        label_parts.append(gathered[1].cpu())
+        if filler is not None:
+            filler_parts.append(gathered[2].cpu())
         faults.reach("eval.batch")
     if was_training:
         model.train()
-    logits = torch.cat(logits_parts)
-    labels = torch.cat(label_parts)
+    filler = torch.cat(filler_parts) if filler_parts else None
+    logits, labels = drop_filler(torch.cat(logits_parts), torch.cat(label_parts), filler)
     regression = recipe.model.num_labels == 1
     if regression:
         predictions = logits.squeeze(-1)

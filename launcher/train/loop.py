@@ -36,6 +36,11 @@ class Window:
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: torch.Tensor, batch: dict) -> None:
+        if not self.micro_batches:
+            # Sums start as tensors uploaded from the host, not Python zeros (a constant in the step's graph):
+            # the first step of a window then has the same graph as the others, which XLA compiles once.
+            self.loss_sum = torch.zeros(1, dtype=torch.float32).to(loss.device)
+            self.tokens = torch.zeros(1, dtype=torch.int64).to(loss.device)
         self.loss_sum = self.loss_sum + loss.detach().float()
         self.micro_batches += 1
         self.samples += int(batch["labels"].shape[0])
@@ -110,6 +115,7 @@ class Trainer:
     progress: object
     checkpointer: object
     stop: object
+    compiles: object = None  # XLA: counts compilations after each step (launcher.train.xla.CompileWatch)
 
     def fit(self, start: Position | None = None) -> FitResult:
         run = RunState.resumed_from(start)
@@ -140,6 +146,8 @@ class Trainer:
                     continue
                 run.step += 1
                 window.steps += 1
+                if self.compiles is not None:  # XLA: a graph compiled after the first epoch is a shape leak
+                    self.compiles.after_step(run.step, run.epoch)
                 faults.reach("train.step", run.step)
                 if run.step % train.logging_steps == 0 or run.step == total:
                     run.samples += window.samples

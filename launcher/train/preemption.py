@@ -8,6 +8,7 @@ stops the rank at once.
 from __future__ import annotations
 
 import signal
+import threading
 
 from launcher import faults
 from launcher.train.status import Stopped
@@ -19,9 +20,14 @@ class StopRequest:
         self.signum: int | None = None
         self.in_loop = False
 
-    def install(self) -> None:
+    def install(self) -> bool:
+        """False where Python cannot handle signals: accelerate's XLA launcher runs each rank in a thread
+        of its process, and only a main thread may install handlers (a stop request then ends the rank)."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
         for signum in (signal.SIGUSR2, signal.SIGTERM):
             signal.signal(signum, self._handle)
+        return True
 
     def _handle(self, signum, _frame) -> None:
         faults.wake()

@@ -12,7 +12,11 @@ from launcher.rundir.durable import fsync_dir, fsync_tree
 
 def save_model(accelerator, model, tokenizer, out_dir: Path, info: dict) -> None:
     """All ranks must call this (DeepSpeed ZeRO-3 gathers the state dict collectively)."""
+    from accelerate.utils import DistributedType
+
     state_dict = accelerator.get_state_dict(model)
+    if accelerator.distributed_type == DistributedType.XLA:  # safetensors writes host memory only
+        state_dict = {name: tensor.cpu() for name, tensor in state_dict.items()}
     upcast = _fp32_masters_under_deepspeed(accelerator, model, state_dict)
     if accelerator.is_main_process:
         staging = out_dir.with_name(out_dir.name + ".partial")

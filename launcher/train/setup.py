@@ -63,6 +63,10 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
     )
     quiet_library_progress(accelerator.is_main_process)
+    if plan.device == "xla":
+        from launcher.train.xla import check_xla
+
+        check_xla(accelerator)
     if accelerator.num_processes != plan.world_size:
         # The classic silent failure: N processes that each train alone, or one process instead of N.
         raise SetupError(
