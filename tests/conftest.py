@@ -56,3 +56,11 @@ def tiny_model_dir(tmp_path_factory, minilm_dir) -> Path:
     from ftl_support import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts the real Slurm cluster is a `slurm` test whether or not it says so: the fast
+    selection (-m "not e2e and not slurm and not xla") must never touch the cluster."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)

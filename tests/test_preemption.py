@@ -23,6 +23,8 @@ FIELDS = {"data.max_train_samples": 96, "train.max_steps": "null", "train.epochs
           "train.save_strategy": "steps", "train.save_steps": 5, "train.save_total_limit": 3}  # fmt: skip
 TOTAL = 24
 
+pytestmark = pytest.mark.e2e  # every test here trains (or reads what a real run trained)
+
 
 def final_state(run_dir: Path) -> tuple[dict, list[float]]:
     metrics = json.loads((run_dir / "results.json").read_text())["final_eval"]["metrics"]
