@@ -424,3 +424,36 @@ def test_rows_flow_into_the_plan(tmp_path):
     plan = plan_for(r, rows=split_rows(r))
     assert plan.train_rows == 64
     assert plan.steps_per_epoch == 8  # 64 rows / batch 8, 1 process
+
+
+# ---------------------------------------------------------------------------------------------
+# another layout, the same global batch
+
+
+def test_workable_layouts_keep_the_global_batch():
+    from launcher.plan.elastic import accumulation_for, workable_worlds
+
+    assert workable_worlds(8, 4) == [1, 2]
+    assert workable_worlds(64, 8) == [1, 2, 4, 8]
+    assert accumulation_for(64, 8, 4, "--nodes") == 2
+    with pytest.raises(UserError, match=r"global batch 16 \(8 per device\) cannot be split over 3 process\(es\); "
+                                        r"layouts that keep it have 1, 2 process\(es\)"):  # fmt: skip
+        accumulation_for(16, 8, 3, "--nodes")
+
+
+def test_an_elastic_range_is_checked_for_every_node_count():
+    elastic = plan_for(recipe(cluster={"nodes": 2, "gpus_per_node": 4, "min_nodes": 1}))
+    assert elastic.min_nodes == 1 and elastic.effective_batch_size == 64
+    assert "elastic: 1-2 nodes, global batch 64 kept (1 node(s): accumulation 2; 2 node(s): accumulation 1)" in elastic.notes
+    from launcher.render.sbatch import sbatch_header_lines
+
+    assert "#SBATCH --nodes=1-2" in sbatch_header_lines(elastic, recipe(cluster={"nodes": 2, "gpus_per_node": 4,
+                                                                                "min_nodes": 1}))  # fmt: skip
+    with pytest.raises(UserError, match=r"cluster.min_nodes: the global batch 24 \(8 per device\) cannot be split over 2"):
+        plan_for(recipe(cluster={"nodes": 3, "gpus_per_node": 1, "min_nodes": 2}))
+    with pytest.raises(UserError, match="cluster.min_nodes: 3 is more than cluster.nodes"):
+        plan_for(recipe(cluster={"nodes": 2, "min_nodes": 3}))
+    with pytest.raises(UserError, match="an elastic node range is for Slurm jobs"):
+        plan_for(recipe(cluster={"nodes": 2, "gpus_per_node": 0, "min_nodes": 1}), target="local")
+    with pytest.raises(UserError, match="needs the built-in trainer with ddp"):
+        plan_for(recipe(cluster={"nodes": 2, "min_nodes": 1}, distributed={"backend": "deepspeed"}))

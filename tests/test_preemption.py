@@ -16,7 +16,7 @@ import pytest
 
 from ftl_support import MRPC_RECIPE, REPO, ftlaunch, local_mrpc_overrides, only_run_dir, read_records
 from launcher.rundir.checkpoints import latest_valid, verify
-from launcher.train.checkpoint import ResumeError, check_resumable, recipe_fingerprint
+from launcher.train.checkpoint import ResumeError, recipe_fingerprint, start_position
 
 # 96 rows, batch 4 x 2 processes: 12 steps per epoch, 2 epochs = 24 steps; a checkpoint every 5.
 FIELDS = {"data.max_train_samples": 96, "train.max_steps": "null", "train.epochs": 2,
@@ -118,22 +118,30 @@ def test_damaged_checkpoints_are_told_apart(tmp_path, uninterrupted):
     assert verify(older)[1] == "random_states_1.pkl is missing"
 
 
-def test_resume_with_another_world_size_or_recipe_is_refused(uninterrupted):
+def test_a_checkpoint_moves_to_another_world_size_only_with_its_global_batch(uninterrupted):
     from launcher.recipe import load_resolved
 
     checkpoint = sorted((uninterrupted / "checkpoints").glob("step-*"))[-1]
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     recipe = load_resolved(uninterrupted / "recipe.yaml")
-    check_resumable(manifest, checkpoint, 2, recipe_fingerprint(recipe))  # the same job: fine
-    with pytest.raises(ResumeError, match="written by 2 processes, this job has 4"):
-        check_resumable(manifest, checkpoint, 4, recipe_fingerprint(recipe))
+    fingerprint = recipe_fingerprint(recipe)
+    assert (manifest["world_size"], manifest["effective_batch"]) == (2, 8)  # 4 per device x 2 processes
+    same = start_position(manifest, checkpoint, 2, fingerprint, 8, "ddp")
+    assert (same.step, same.epoch, same.batches) == (manifest["step"], manifest["epoch"], manifest["batches"])
+    alone = start_position(manifest, checkpoint, 1, fingerprint, 8, "ddp")  # one process, accumulation 2
+    assert alone.batches == manifest["global_batches"] == 2 * manifest["batches"]
+    with pytest.raises(ResumeError, match="with global batch 8, this job has 1 with 16: the global batch must stay"):
+        start_position(manifest, checkpoint, 1, fingerprint, 16, "ddp")
+    with pytest.raises(ResumeError, match="DeepSpeed ZeRO shards of 2 ranks, this job has 1"):
+        start_position(manifest, checkpoint, 1, fingerprint, 8, "deepspeed")
     changed = recipe.model_copy(update={"train": recipe.train.model_copy(update={"lr": 1e-3})})
     with pytest.raises(ResumeError, match="different recipe"):
-        check_resumable(manifest, checkpoint, 2, recipe_fingerprint(changed))
-    # what may change on resume: where it runs and how often it saves
+        start_position(manifest, checkpoint, 2, recipe_fingerprint(changed), 8, "ddp")
+    # what may change on resume: where it runs, how often it saves, and the accumulation a layout needs
     moved = recipe.model_copy(update={"cluster": recipe.cluster.model_copy(update={"nodes": 2}),
-                                      "train": recipe.train.model_copy(update={"save_steps": 50})})  # fmt: skip
-    assert recipe_fingerprint(moved) == recipe_fingerprint(recipe)
+                                      "train": recipe.train.model_copy(update={"save_steps": 50,
+                                                                               "gradient_accumulation_steps": 2})})  # fmt: skip
+    assert recipe_fingerprint(moved) == fingerprint
 
 
 def test_resume_refuses_runs_that_cannot_continue(tmp_path, uninterrupted):
@@ -141,8 +149,8 @@ def test_resume_refuses_runs_that_cannot_continue(tmp_path, uninterrupted):
     assert finished.returncode == 2 and "already finished" in finished.stderr
     nothing = ftlaunch("submit", "--resume", tmp_path, "--local")
     assert nothing.returncode == 2 and "not an ftlaunch run dir" in nothing.stderr
-    both = ftlaunch("submit", "--resume", uninterrupted, "--local", "--nodes", "2")
-    assert both.returncode == 2 and "continues that run as planned" in both.stderr
+    both = ftlaunch("submit", "--resume", uninterrupted, "--local", "--set", "train.lr=1e-3")
+    assert both.returncode == 2 and "--resume RUN continues that run: no recipe, --set" in both.stderr
 
 
 @pytest.mark.slurm

@@ -64,7 +64,12 @@ def progress_line(run_dir: Path) -> str:
     from launcher.rundir.checkpoints import last_checkpoint_step
     from launcher.submit.resume import next_attempt
 
+    from launcher.collect.records import read_records
+    from launcher.collect.render import layouts_text
+    from launcher.collect.report import attempt_layouts
+
     restarts = max(next_attempt(run_dir) - 1, 0)
     step = last_checkpoint_step(run_dir)
     checkpoint = f"last checkpoint at step {step}" if step is not None else "no checkpoint yet"
-    return f"restarts {restarts}, {checkpoint}"
+    moved = layouts_text(attempt_layouts(read_records(run_dir).records)) if restarts else None
+    return f"restarts {restarts}, {checkpoint}" + (f"; {moved}" if moved else "")

@@ -133,15 +133,26 @@ def run(args: argparse.Namespace) -> int:
     return _submit_one(prepared, console)
 
 
+LAYOUT_KEYS = ("cluster.nodes", "cluster.procs_per_node", "cluster.gpus_per_node")  # what --resume may change
+
+
 def _resume(args: argparse.Namespace, overrides, console) -> int:
     from launcher.rundir.find import resolve_run
     from launcher.submit.resume import resumable_plan
 
-    if args.recipe or overrides or args.sweep or args.dry_run:
-        raise UserError("--resume RUN continues that run as planned: no recipe, --set, --nodes, --sweep or --dry-run")
+    layout = {o.key.removeprefix("cluster."): o.value for o in overrides if o.key in LAYOUT_KEYS}
+    if args.recipe or len(layout) < len(overrides) or args.sweep or args.dry_run:
+        raise UserError(
+            "--resume RUN continues that run: no recipe, --set, --sweep or --dry-run "
+            "(--nodes, --procs-per-node and --gpus-per-node move it to another layout, keeping its global batch)"
+        )
     run_dir = resolve_run(args.resume, allow_sweep=False)
-    plan, step, attempt = resumable_plan(run_dir, args.local)
-    _plain(console, f"resuming {run_dir} from step {step} (attempt {attempt})")
+    plan, step, attempt = resumable_plan(run_dir, args.local, layout)
+    _plain(console, f"resuming {run_dir} from step {step} (attempt {attempt}) on {plan.nodes} node(s) x "
+                    f"{plan.procs_per_node} process(es)")  # fmt: skip
+    for note in plan.notes:
+        if note.startswith("layout changed"):
+            _plain(console, f"  {note}")
     if args.local:
         from launcher.submit.local import run_local
 

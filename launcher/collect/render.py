@@ -75,6 +75,9 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         rows.append(("throughput", "- (no train records)"))
     rows.append(("wall time", _wall(report)))
     rows.append(("restarts", _restarts(report)))
+    moved = layouts_text(report.get("attempts", []))
+    if moved:
+        rows.append(("layouts", moved))
     rows.append(("synchronised", _sync(report["sync"])))
     rows.append(("stragglers", _stragglers(report)))
     if report["checkpoints"]["count"]:
@@ -106,6 +109,14 @@ def _wall(report: dict) -> str:
     last = " (last attempt)" if report["restarts"] else ""
     train = seconds(report["train"]["train_seconds"])
     return f"{seconds(tm['wall_seconds'])} first to last record{process}; train {train}{last}"
+
+
+def layouts_text(attempts: list[dict]) -> str | None:
+    """'attempt 0: 2 x 1 from the start; attempt 1: 1 x 1 from step 13', where the layout changed."""
+    if len({(a["nodes"], a["procs_per_node"]) for a in attempts}) < 2:
+        return None
+    return "; ".join(f"attempt {a['attempt']}: {a['nodes']} node(s) x {a['procs_per_node']} process(es) "
+                     + (f"from step {a['from_step']}" if a["from_step"] else "from the start") for a in attempts)  # fmt: skip
 
 
 def _restarts(report: dict) -> str:

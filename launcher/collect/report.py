@@ -188,6 +188,20 @@ def script_section(run_dir: Path, plan: dict) -> dict | None:
     }
 
 
+def attempt_layouts(records: list[dict]) -> list[dict]:
+    """Each attempt's layout (from its ranks' setup records) and the step it started from: a run moved
+    to other nodes x processes shows where it ran when."""
+    resumed = resume_steps(records)
+    layouts = []
+    for attempt in sorted({attempt_of(r) for r in by_type(records, "setup")}):
+        setups = [r for r in by_type(records, "setup") if attempt_of(r) == attempt]
+        nodes = len({r.get("node") for r in setups})
+        world = max((r.get("world_size") or 0 for r in setups), default=0)
+        layouts.append({"attempt": attempt, "nodes": nodes, "procs_per_node": world // max(nodes, 1),
+                        "world_size": world, "from_step": resumed.get(attempt, 0)})  # fmt: skip
+    return layouts
+
+
 def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_margin: float) -> dict:
     plan = read_json(run_dir / PLAN_FILE) or {}
     results = read_json(run_dir / RESULTS_FILE)
@@ -215,6 +229,7 @@ def build_report(run_dir: Path, read: RecordSet, merged: list[dict], straggler_m
         "time": time_section(read.records, results),
         "restarts": max(attempts, default=0),
         "resumed_from": {str(a): s for a, s in resume_steps(read.records).items()},
+        "attempts": attempt_layouts(read.records),
         "preemptions": [{"attempt": a, "step": s} for a, s in sorted({(attempt_of(r), r["step"])
                         for r in by_type(read.records, "preempted") if isinstance(r.get("step"), int)})],  # fmt: skip
         "sync": rank_stats.sync_check(merged),

@@ -13,6 +13,7 @@ from typing import Literal
 
 from launcher.cpu import SLOW_BF16
 from launcher.errors import UserError
+from launcher.plan.elastic import accumulation_for
 from launcher.plan.steps import Schedule, micro_batches_per_epoch, schedule
 from launcher.plan import tpu as xla
 from launcher.recipe.schema import Recipe
@@ -91,6 +92,9 @@ class Plan:
     entrypoint: dict | None = None
     # XLA (cluster.accelerator: tpu): where it runs and the fixed batch shapes (launcher.plan.tpu.xla_section).
     xla: dict | None = None
+    # Slurm elastic range (cluster.min_nodes): the job may start on min_nodes..nodes; every node agent
+    # re-plans for the nodes it got (launcher.plan.elastic), keeping the global batch.
+    min_nodes: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,8 +177,31 @@ def make_plan(
         launch_command=launch_command,
         notes=notes,
         xla=xla_info,
+        min_nodes=_elastic_range(recipe, target, per_device, train.gradient_accumulation_steps, procs_per_node, notes),
         **work,
     )
+
+
+def _elastic_range(recipe: Recipe, target: Target, per_device: int | None, accumulation: int, procs_per_node: int,
+                   notes: list[str]) -> int | None:  # fmt: skip
+    """cluster.min_nodes, checked: every node count of the range must keep the global batch."""
+    cluster = recipe.cluster
+    if cluster.min_nodes is None:
+        return None
+    if target != "slurm":
+        raise UserError("cluster.min_nodes: an elastic node range is for Slurm jobs (--resume --nodes N moves a local run)")
+    if cluster.min_nodes > cluster.nodes:
+        raise UserError(f"cluster.min_nodes: {cluster.min_nodes} is more than cluster.nodes ({cluster.nodes})")
+    if recipe.distributed.backend == "deepspeed" or recipe.entrypoint is not None or per_device is None:
+        raise UserError("cluster.min_nodes: an elastic range needs the built-in trainer with ddp "
+                        "(DeepSpeed ZeRO checkpoints are sharded per rank)")  # fmt: skip
+    effective = per_device * accumulation * cluster.nodes * procs_per_node
+    steps = []
+    for nodes in range(cluster.min_nodes, cluster.nodes + 1):
+        needed = accumulation_for(effective, per_device, nodes * procs_per_node, "cluster.min_nodes")
+        steps.append(f"{nodes} node(s): accumulation {needed}")
+    notes.append(f"elastic: {cluster.min_nodes}-{cluster.nodes} nodes, global batch {effective} kept ({'; '.join(steps)})")
+    return cluster.min_nodes
 
 
 def _trainer_work(recipe: Recipe, world: int, split_rows: dict[str, int], notes: list[str], drop_last: bool) -> dict:

@@ -137,6 +137,9 @@ class ClusterSpec(Section):
     model_config = ConfigDict(coerce_numbers_to_str=True)
 
     nodes: int = Field(1, ge=1, le=4096, description="nodes (local runs: launchers on this host)")
+    min_nodes: int | None = Field(
+        None, ge=1, description="Slurm: run on as few as this many nodes when no more are free (the global batch kept)"
+    )
     gpus_per_node: int = Field(1, ge=0, le=64, description="0 trains on CPU (gloo)")
     accelerator: Literal["gpu", "tpu"] = Field(
         "gpu", description="gpu: CUDA GPUs, or CPU with gpus_per_node 0; tpu: a Cloud TPU over XLA (cluster.tpu)"

@@ -134,7 +134,7 @@ def _sbatch_options(plan: Plan, recipe: Recipe) -> list[tuple[str, object | None
     cluster = recipe.cluster
     options: list[tuple[str, object | None]] = [
         ("--job-name", plan.name),
-        ("--nodes", plan.nodes),
+        ("--nodes", f"{plan.min_nodes}-{plan.nodes}" if plan.min_nodes else plan.nodes),  # a range: elastic
         ("--ntasks-per-node", 1),  # one node agent per node; it starts the node's ranks itself
     ]
     if plan.gpus_per_node:

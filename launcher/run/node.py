@@ -270,6 +270,36 @@ def write_report(plan: Plan, say) -> None:
         say(f"warning: no report ({type(exc).__name__}: {exc}); run ftlaunch collect {plan.run_dir}")
 
 
+def fit_allocation(plan: Plan, machine_rank: int) -> Plan:
+    """An elastic Slurm job (cluster.min_nodes) got SLURM_JOB_NUM_NODES nodes: re-plan for them, keeping
+    the global batch. Every node computes the same plan (a pure function of the run dir's recipe and
+    plan) and writes the same plan.json, accelerate.yaml and recipe.yaml before its ranks start;
+    node 0 keeps the plan the earlier attempts ran with in plans/."""
+    allocated = int(os.environ.get("SLURM_JOB_NUM_NODES") or plan.nodes)
+    if plan.min_nodes is None or allocated == plan.nodes:
+        return plan
+    from launcher.plan import HostFacts
+    from launcher.plan.elastic import replan
+    from launcher.recipe import dump_recipe, load_resolved
+    from launcher.render import render_files
+    from launcher.rundir.durable import write_durable
+    from launcher.rundir.jobs import current_attempt
+    from launcher.rundir.layout import PLANS_DIR, RECIPE_FILE
+
+    run_dir = Path(plan.run_dir)
+    recipe, moved = replan(load_resolved(run_dir / RECIPE_FILE), plan, HostFacts(python=plan.python), nodes=allocated,
+                           field="cluster.min_nodes")  # fmt: skip
+    if machine_rank == 0:
+        write_durable(run_dir / PLANS_DIR / f"before-attempt-{current_attempt()}.json",
+                      json.dumps(plan.to_dict(), indent=2) + "\n")  # fmt: skip
+    header = f"# Re-planned by the node agents for the {allocated} node(s) Slurm gave attempt {current_attempt()}\n"
+    files = {**render_files(moved, recipe), RECIPE_FILE: header + dump_recipe(recipe)}
+    for name in ("plan.json", "accelerate.yaml", RECIPE_FILE):
+        write_durable(run_dir / name, files[name])
+    print(f"[ftlaunch node {machine_rank}] {moved.notes[-1]}", flush=True)
+    return moved
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launcher.run.node", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -277,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", help="address of node 0 (default: from plan.json)")
     parser.add_argument("--port", type=int, help="rendezvous port (default: from plan.json); join check on port+1")
     args = parser.parse_args(argv)
-    plan = Plan.from_dict(json.loads((Path(args.run_dir) / PLAN_FILE).read_text()))
+    plan = fit_allocation(Plan.from_dict(json.loads((Path(args.run_dir) / PLAN_FILE).read_text())), args.machine_rank)
     head = args.head or plan.rendezvous.head
     port = args.port or plan.rendezvous.port
     if not 0 <= args.machine_rank < plan.nodes:

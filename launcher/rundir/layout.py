@@ -6,6 +6,7 @@ takes the name from here.
         status/node-N.json       each node agent: joining -> running -> done | failed | stopped
         status/rank-R.json       each rank: running -> done | failed | stopped
         status/requeue           written by rank 0 after a checkpoint on a stop request
+        plans/before-attempt-N.json   the plan of the attempts before N, when attempt N moved the run
         metrics/rank-R.jsonl     every rank's records
         logs/node-N.log          everything node N printed (logs/slurm-JOB.out: the batch script)
         checkpoints/step-NNNNNNNN/   manifest.json, state/, hf/
@@ -29,6 +30,7 @@ STATUS_DIR = "status"
 METRICS_DIR = "metrics"
 LOGS_DIR = "logs"
 REQUEUE_MARKER = f"{STATUS_DIR}/requeue"  # the batch script requeues the job when it finds this
+PLANS_DIR = "plans"  # a run moved to another layout keeps its earlier plans here (before-attempt-N.json)
 REPORT_FILES = ("report.json", "report.md", "curves.png", "metrics.jsonl")
 
 

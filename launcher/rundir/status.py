@@ -27,14 +27,17 @@ def read_status(run_dir: str | Path, kind: str, index: int) -> dict | None:
 
 
 def read_statuses(run_dir: str | Path, kind: str) -> dict[int, dict]:
-    """index -> content of every readable RUN/status/<kind>-N.json, in index order."""
+    """index -> content of every readable RUN/status/<kind>-N.json of the run's newest attempt, in
+    index order. (A run resumed on fewer nodes leaves the files of nodes it no longer has: history,
+    not state.)"""
     found = {}
     for path in (Path(run_dir) / STATUS_DIR).glob(f"{kind}-*.json"):
         index = path.stem.removeprefix(f"{kind}-")
         data = read_json(path)
         if index.isdigit() and data is not None:
             found[int(index)] = data
-    return dict(sorted(found.items()))
+    newest = max((data.get("attempt", 0) for data in found.values()), default=0)
+    return {index: data for index, data in sorted(found.items()) if data.get("attempt", 0) == newest}
 
 
 def is_failed(data: dict) -> bool:

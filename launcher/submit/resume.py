@@ -1,6 +1,7 @@
-"""`ftlaunch submit --resume RUN`: continue a stopped run in its own run dir from its newest valid
-checkpoint, with the same plan (same nodes x processes: the checkpoint's data position and per-rank
-RNG states are only valid for that world size)."""
+"""`ftlaunch submit --resume RUN [--nodes N] [--procs-per-node P]`: continue a stopped run in its own
+run dir from its newest valid checkpoint, on its own layout or on another one that keeps its global
+batch (launcher.plan.elastic): then the run dir's plan, configs and recipe are rewritten for the new
+layout, and the old plan is kept in RUN/plans/ for the attempts that ran on it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from launcher.errors import UserError
 from launcher.plan import Plan
 from launcher.rundir.checkpoints import last_checkpoint_step
+from launcher.rundir.durable import write_durable
+from launcher.rundir.layout import PLANS_DIR, RECIPE_FILE
 
 
 def next_attempt(run_dir: Path) -> int:
@@ -25,8 +28,9 @@ def next_attempt(run_dir: Path) -> int:
     return highest + 1
 
 
-def resumable_plan(run_dir: Path, local: bool) -> tuple[Plan, int, int]:
-    """(plan, checkpoint step, attempt number) or UserError saying why the run cannot be resumed."""
+def resumable_plan(run_dir: Path, local: bool, layout: dict | None = None) -> tuple[Plan, int, int]:
+    """(plan, checkpoint step, attempt number) or UserError saying why the run cannot be resumed.
+    layout: {"nodes": N, "procs_per_node": P, "gpus_per_node": G}, any of them, to move the run."""
     plan_path = run_dir / "plan.json"
     if not plan_path.is_file():
         raise UserError(f"--resume {run_dir}: not a run directory (no plan.json)")
@@ -42,9 +46,36 @@ def resumable_plan(run_dir: Path, local: bool) -> tuple[Plan, int, int]:
         raise UserError(f"--resume {run_dir}: this run was planned for Slurm; resume it without --local")
     if not local and plan.target == "local":
         raise UserError(f"--resume {run_dir}: this run was planned for this host; add --local")
+    attempt = next_attempt(run_dir)
+    port = None
     if local:
         from launcher.submit.prepare import free_port_pair
 
-        # The original port pair may be taken by now.
-        plan = dataclasses.replace(plan, rendezvous=dataclasses.replace(plan.rendezvous, port=free_port_pair()))
-    return plan, step, next_attempt(run_dir)
+        port = free_port_pair()  # the original port pair may be taken by now
+    if layout:
+        plan = move(run_dir, plan, layout, attempt, port)
+    elif local:
+        plan = dataclasses.replace(plan, rendezvous=dataclasses.replace(plan.rendezvous, port=port))
+    return plan, step, attempt
+
+
+def move(run_dir: Path, plan: Plan, layout: dict, attempt: int, port: int | None) -> Plan:
+    """Re-plan the run for another layout and rewrite its files for it (the old plan goes to plans/)."""
+    from launcher.hfcache import hf_cache_env
+    from launcher.plan.elastic import replan
+    from launcher.recipe import dump_recipe, load_resolved
+    from launcher.render import render_files
+    from launcher.submit.hostfacts import host_facts
+
+    recipe = load_resolved(run_dir / RECIPE_FILE)
+    recipe, moved = replan(recipe, plan, host_facts(), local_port=port, **layout)
+    if (moved.nodes, moved.procs_per_node) == (plan.nodes, plan.procs_per_node):
+        return moved
+    write_durable(run_dir / PLANS_DIR / f"before-attempt-{attempt}.json", json.dumps(plan.to_dict(), indent=2) + "\n")
+    cache_env = hf_cache_env() if moved.target == "slurm" else None
+    header = f"# Moved by ftlaunch submit --resume to {moved.nodes} node(s) x {moved.procs_per_node} process(es) " \
+             f"from attempt {attempt} on (the global batch kept)\n"  # fmt: skip
+    files = {**render_files(moved, recipe, cache_env), RECIPE_FILE: header + dump_recipe(recipe)}
+    for name, content in files.items():
+        write_durable(run_dir / name, content)
+    return moved

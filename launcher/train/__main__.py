@@ -63,7 +63,7 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
 
     from launcher.rundir.checkpoints import latest_valid
     from launcher.rundir.status import clear_requeue_marker, write_requeue_marker
-    from launcher.train.checkpoint import Checkpointer, Position, check_resumable, recipe_fingerprint
+    from launcher.train.checkpoint import Checkpointer, recipe_fingerprint, start_position
     from launcher.train.data import build_loaders
     from launcher.train.loop import Trainer
     from launcher.train.model import load_model, load_tokenizer
@@ -121,15 +121,21 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     found = latest_valid(run_dir)
     if found:
         checkpoint, manifest = found
-        check_resumable(manifest, checkpoint, accelerator.num_processes, recipe_fingerprint(recipe))
+        start = start_position(manifest, checkpoint, accelerator.num_processes, recipe_fingerprint(recipe),
+                               plan.effective_batch_size, plan.backend)  # fmt: skip
+        # model, optimizer, scheduler (full states under DDP); the RNG states of the ranks that exist in the
+        # checkpoint (dropout does not depend on them: every micro-batch reseeds from its global index)
         accelerator.load_state(str(checkpoint / "state"))
-        start = Position(manifest["step"], manifest["epoch"], manifest["batches"], manifest["samples"])
+        # accelerate counts micro-batches since the epoch began to know when an accumulation window ends;
+        # load_state restores the count rank 0 had under the old layout: count in this layout's units
+        accelerator.step = start.batches
         records.write("resume", step=start.step, epoch=start.epoch, batches=start.batches, checkpoint=checkpoint.name)
         if accelerator.is_main_process:
             clear_requeue_marker(run_dir)
             print(f"[train] resumed from {checkpoint.name}: step {start.step}, epoch {start.epoch}, "
                   f"batch {start.batches}", flush=True)  # fmt: skip
-    checkpointer = Checkpointer(accelerator, run_dir, recipe, hf_files=(accelerator.unwrap_model(model).config, tokenizer))
+    checkpointer = Checkpointer(accelerator, run_dir, recipe, plan.effective_batch_size,
+                                hf_files=(accelerator.unwrap_model(model).config, tokenizer))  # fmt: skip
 
     # --- fit (+ evaluate and checkpoint on the planned cadence)
     progress = make_progress(accelerator.is_main_process, steps.total_steps)

@@ -45,12 +45,13 @@ class Position:
 
 
 def recipe_fingerprint(recipe: Recipe) -> str:
-    """What must not change under a resumed run: model, data, optimisation, backend.
-    (cluster, output and checkpoint cadence may change.)"""
+    """What must not change under a resumed run: model, data, optimisation, backend. (The cluster,
+    output and checkpoint cadence may change, and gradient accumulation with the layout: the global
+    batch it keeps is checked on its own.)"""
     relevant = recipe.model_copy(
         update={
             "train": recipe.train.model_copy(update={"save_strategy": "no", "save_steps": None, "save_total_limit": 1,
-                                                     "logging_steps": 1}),  # fmt: skip
+                                                     "logging_steps": 1, "gradient_accumulation_steps": 1}),  # fmt: skip
             "cluster": type(recipe.cluster)(),
             "output_dir": "-",
         }
@@ -59,8 +60,10 @@ def recipe_fingerprint(recipe: Recipe) -> str:
 
 
 class Checkpointer:
-    def __init__(self, accelerator, run_dir: Path, recipe: Recipe, hf_files: tuple | None = None):
+    def __init__(self, accelerator, run_dir: Path, recipe: Recipe, effective_batch: int | None,
+                 hf_files: tuple | None = None):  # fmt: skip
         self.accelerator = accelerator
+        self.effective_batch = effective_batch
         self.run_dir = Path(run_dir)
         self.root = checkpoints_root(run_dir)
         self.fingerprint = recipe_fingerprint(recipe)
@@ -87,6 +90,9 @@ class Checkpointer:
             faults.reach("checkpoint.staged")
             manifest = {
                 **asdict(position),
+                # where the data stood in the epoch's global order: any layout with this global batch can go on
+                "global_batches": position.batches * accelerator.num_processes,
+                "effective_batch": self.effective_batch,
                 "world_size": accelerator.num_processes,
                 "recipe_fingerprint": self.fingerprint,
                 "metrics": metrics or {},
@@ -123,15 +129,29 @@ class ResumeError(RuntimeError):
     pass
 
 
-def check_resumable(manifest: dict, checkpoint: Path, world_size: int, fingerprint: str) -> None:
-    if manifest["world_size"] != world_size:
-        # Resharding the data position and per-rank RNG states is not supported: refuse, never guess.
-        raise ResumeError(
-            f"checkpoint {checkpoint.name} was written by {manifest['world_size']} processes, this job has "
-            f"{world_size}: resume with the same nodes x processes, or start a new run from its model"
-        )
+def start_position(manifest: dict, checkpoint: Path, world_size: int, fingerprint: str, effective_batch: int | None,
+                   backend: str) -> Position:  # fmt: skip
+    """Where this job goes on from `checkpoint`, on its own layout; ResumeError where it cannot."""
     if manifest["recipe_fingerprint"] != fingerprint:
         raise ResumeError(
             f"checkpoint {checkpoint.name} belongs to a different recipe (model, data or train settings "
             "changed): a resumed run must keep them"
         )
+    written_by = manifest["world_size"]
+    if written_by == world_size:
+        return Position(manifest["step"], manifest["epoch"], manifest["batches"], manifest["samples"])
+    if backend == "deepspeed":
+        raise ResumeError(
+            f"checkpoint {checkpoint.name} holds DeepSpeed ZeRO shards of {written_by} ranks, this job has "
+            f"{world_size}: resume with the same nodes x processes"
+        )
+    if "global_batches" not in manifest or manifest.get("effective_batch") != effective_batch:
+        raise ResumeError(
+            f"checkpoint {checkpoint.name} was written by {written_by} processes with global batch "
+            f"{manifest.get('effective_batch')}, this job has {world_size} with {effective_batch}: the global batch must stay"
+        )
+    if manifest["global_batches"] % world_size:  # at an optimizer step it divides (world x accumulation is kept)
+        raise ResumeError(f"checkpoint {checkpoint.name} stands mid-step for {world_size} processes")
+    # Each rank's share of what the whole job had consumed (the global data position is what counts).
+    return Position(manifest["step"], manifest["epoch"], manifest["global_batches"] // world_size,
+                    manifest["samples"] * written_by // world_size)  # fmt: skip

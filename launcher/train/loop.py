@@ -11,6 +11,8 @@ steps (and the tiny stop-agreement all-reduce).
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,20 @@ class FitResult:
     last_checkpoint: Path | None = None
 
 
+RECORD_ROWS = os.environ.get("FTL_RECORD_ROWS") == "1"  # tests: which rows every micro-batch held
+
+
+def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch) * 1_000_003 + index
+
+
+def row_ids(batch: dict) -> list[str]:
+    """A short digest of each row's tokens (padding left out) and label: the same row on any layout."""
+    ids, mask, labels = batch["input_ids"].cpu(), batch["attention_mask"].cpu(), batch["labels"].cpu()
+    return [hashlib.sha1(f"{ids[i][mask[i] == 1].tolist()}|{labels[i].item()}".encode()).hexdigest()[:12]
+            for i in range(ids.shape[0])]  # fmt: skip
+
+
 def param_checksum(model) -> float:
     """Sum of all parameters in float64: equal on every rank iff the ranks are synchronised."""
     with torch.no_grad():
@@ -124,6 +140,8 @@ class Trainer:
         window = Window()
         started = time.perf_counter()
         self.model.train()
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        reseed = self.accelerator.device.type != "xla"  # XLA keeps its own device RNG (and one graph)
         self.stop.in_loop = True
         faults.reach("train.before_first_step")
         while run.epoch < self.schedule.epochs and run.step < total:
@@ -132,6 +150,14 @@ class Trainer:
             skip = run.batches
             batches = [] if skip >= len(loader) else self.accelerator.skip_first_batches(loader, skip) if skip else loader
             for run.batches, batch in enumerate(batches, start=skip + 1):
+                # Rank r of W takes micro-batches r, r+W, ... of the epoch's global order: this one's index
+                # there names its rows on any layout, and seeds its dropout, so that a run resumed on
+                # other nodes x processes draws the same masks for the same rows.
+                index = (run.batches - 1) * world + rank
+                if reseed:
+                    torch.manual_seed(micro_batch_seed(train.seed, run.epoch, index))
+                if RECORD_ROWS:
+                    self.records.write("rows", step=run.step + 1, epoch=run.epoch, micro_batch=index, rows=row_ids(batch))
                 with self.accelerator.accumulate(self.model):
                     outputs = self.model(**batch)
                     self.accelerator.backward(outputs.loss)
