@@ -19,7 +19,6 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from launcher import __version__
@@ -28,6 +27,7 @@ from launcher.hfcache import OFFLINE_ENV
 from launcher.plan import Plan
 from launcher.plan.plan import PORT_SHELL_EXPR
 from launcher.recipe.schema import Recipe
+from launcher.render.shell_templates import template
 from launcher.rundir.layout import REQUEUE_MARKER
 
 SCRIPT_NAME = "sbatch.sh"
@@ -78,7 +78,7 @@ def render_sbatch(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str] | Non
         run_dirs=[plan.run_dir],
         output=f"{plan.run_dir}/{BATCH_LOG}",
     )
-    return _template().render(**context)
+    return template("sbatch.j2").render(**context)
 
 
 def render_array_sbatch(
@@ -101,7 +101,7 @@ def render_array_sbatch(
         output=f"{sweep_dir}/{ARRAY_BATCH_LOG}",
         sweep_dir=sweep_dir,
     )
-    return _template().render(**context)
+    return template("sbatch.j2").render(**context)
 
 
 def sbatch_header_lines(plan: Plan, recipe: Recipe) -> list[str]:
@@ -278,21 +278,3 @@ def _container_launch(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str]) 
         mounts.append(f"{path}:{path}")
         targets.append(path)
     return ContainerLaunch(spec.runtime, spec.image, mounts, gpus=plan.gpus_per_node > 0)
-
-
-@lru_cache(maxsize=1)
-def _template():
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("launcher", "render/templates"),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["sh"] = lambda value: shlex.quote(str(value))
-    env.filters["comment"] = comment
-    env.filters["sbatch"] = sbatch_quote
-    return env.get_template("sbatch.j2")

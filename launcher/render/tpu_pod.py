@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from functools import lru_cache
 
 from launcher import __version__
 from launcher.errors import UserError
 from launcher.plan import Plan
 from launcher.recipe.schema import Recipe
-from launcher.render.sbatch import comment
+from launcher.render.shell_templates import template
 
 SCRIPT_NAME = "tpu_pod.sh"
 WORKER_SCRIPT = "tpu_worker.sh"
@@ -68,21 +67,4 @@ def render_tpu_files(plan: Plan, recipe: Recipe) -> dict[str, str]:
             '"$FTL_WORKER"' if word == "{machine_rank}" else shlex.quote(word) for word in plan.node_command
         ),
     }
-    return {SCRIPT_NAME: _template(SCRIPT_NAME).render(**context), WORKER_SCRIPT: _template(WORKER_SCRIPT).render(**context)}
-
-
-@lru_cache(maxsize=2)
-def _template(name: str):
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("launcher", "render/templates"),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["sh"] = lambda value: shlex.quote(str(value))
-    env.filters["comment"] = comment
-    return env.get_template(name.replace(".sh", ".j2"))
+    return {name: template(name.replace(".sh", ".j2")).render(**context) for name in (SCRIPT_NAME, WORKER_SCRIPT)}
