@@ -63,7 +63,9 @@ def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
     if "OMP_NUM_THREADS" not in os.environ:
         # accelerate would set 1 thread per process; give each rank its share of this node's cores.
         sharing = plan.world_size if plan.target == "local" else plan.procs_per_node
-        cores = int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or len(os.sched_getaffinity(0))
+        # Slurm: the CPUs of this node's one task (sbatch.sh passes --cpus-per-task to srun)
+        slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+        cores = int(slurm_cpus or 0) or len(os.sched_getaffinity(0))
         env["OMP_NUM_THREADS"] = str(max(1, cores // sharing))
     if plan.device == "xla":  # PJRT: the TPU chips, or XLA on the CPU where the plan found none
         env["PJRT_DEVICE"] = plan.xla["pjrt_device"]
