@@ -1,6 +1,6 @@
 """Checks made before anything is written or launched, the same for a dry run (which reports them)
-and a real submit (which stops on them): the scheduler the job goes to answers, and what the job
-needs exists where it will run. Each problem is one line naming the recipe field (or the tool)
+and a real submit (which stops on them): the scheduler the job goes to answers, the trackers can
+log, and what the job needs exists where it will run. Each problem is one line naming the recipe field (or the tool)
 and what to do.
 """
 
@@ -23,6 +23,11 @@ def preflight(recipes: list[Recipe], recipe_path: str | None, target: str, check
     problems = slurm_reachable() if target == "slurm" else gcloud_available() if target == "tpu" else []
     if problems:  # nothing to submit to from here: nothing else matters yet
         return problems
+    seen_trackers = set()
+    for recipe in recipes:
+        if recipe.entrypoint is None and target != "tpu" and repr(recipe.train.report_to) not in seen_trackers:
+            seen_trackers.add(repr(recipe.train.report_to))
+            problems += _tracker_problems(recipe, target)
     if check_cache and target != "tpu":  # TPU VMs have their own disks (and the Hub): nothing of this host's to check
         seen = set()
         for recipe in recipes:
@@ -60,6 +65,15 @@ def gcloud_available() -> list[str]:
     from launcher.submit.tpu_pod import NO_GCLOUD
 
     return [] if shutil.which("gcloud") else [NO_GCLOUD]
+
+
+def _tracker_problems(recipe: Recipe, target: str) -> list[str]:
+    """The ranks run this interpreter unless a container runs them (whose libraries only it knows)."""
+    if target == "slurm" and recipe.cluster.container is not None:
+        return []
+    from launcher.trackers import tracker_problems
+
+    return tracker_problems(list(recipe.train.report_to))
 
 
 def needs_available(recipe: Recipe, recipe_path: str, target: str) -> list[str]:
