@@ -70,11 +70,10 @@ def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
     if plan.device == "xla":  # PJRT: the TPU chips, or XLA on the CPU where the plan found none
         env["PJRT_DEVICE"] = plan.xla["pjrt_device"]
     if plan.target == "local" and plan.device == "cuda" and plan.nodes > 1:
-        # N "nodes" on one host: each gets its own slice of the GPUs.
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = visible.split(",") if visible else [str(i) for i in range(plan.nodes * plan.procs_per_node)]
-        mine = gpus[machine_rank * plan.procs_per_node : (machine_rank + 1) * plan.procs_per_node]
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        # N "nodes" on one host: each gets its own slice of the GPUs (CUDA_VISIBLE_DEVICES, or ROCm's variables).
+        from launcher.gpus import node_share
+
+        env.update(node_share(os.environ, machine_rank, plan.procs_per_node))
     script_env(plan, env)  # the user's own script: PYTHONPATH, gradient accumulation
     return env
 
