@@ -263,7 +263,7 @@ def _context(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str], script_pa
     sbatch = []
     for flag, value in _sbatch_options(plan, recipe, cpus):
         line = flag if value is None else f"{flag}={_sbatch_value(_OPTION_FIELDS.get(flag, flag), value)}"
-        sbatch.append({"line": line, "why": reasons.get(flag, "")})
+        sbatch.append({"line": line, "why": _lines(reasons.get(flag, ""))})
     env = {**OFFLINE_ENV, **{k: v for k, v in cache_env.items() if v}}
     for name, value in cluster.env.items():
         if _CONTROL.search(name):
@@ -292,7 +292,7 @@ def _context(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str], script_pa
         "gpu": plan.device == "cuda",
         "nccl_env": [(n, v) for n, v in facts.nccl_env if n not in cluster.env],
         "nccl_defaults": [(n, v) for n, v in NCCL_DEFAULTS if n not in cluster.env],
-        "omp_threads": _omp_comment(plan, cluster.cpus_per_task or cpus),
+        "omp_threads": _lines(_omp_comment(plan, cluster.cpus_per_task or cpus)),
     }
 
 
@@ -301,6 +301,11 @@ NCCL_DEFAULTS = (
     ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),  # abort NCCL and end the rank on a failed or timed-out collective
     ("NCCL_DEBUG", "WARN"),  # NCCL's warnings (network fallbacks, InfiniBand errors) in the node logs
 )
+
+
+def _lines(text: str) -> list[str]:
+    """A reason as comment lines of the script (each passes the `comment` filter)."""
+    return textwrap.wrap(text, width=100, break_on_hyphens=False) if text else []
 
 
 def _omp_comment(plan: Plan, cpus: int | None) -> str:
@@ -386,5 +391,4 @@ def _template():
     env.filters["sh"] = lambda value: shlex.quote(str(value))
     env.filters["comment"] = comment
     env.filters["sbatch"] = sbatch_quote
-    env.filters["wrap"] = lambda text: textwrap.wrap(text, width=100, break_on_hyphens=False) if text else []
     return env.get_template("sbatch.j2")
