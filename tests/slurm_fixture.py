@@ -1,7 +1,8 @@
 """A real Slurm cluster for the tests (slurm/dev/up.sh: slurmctld + slurmd n1/n2/n3 in network
 namespaces, munge), session-scoped, and shellcheck for the sbatch tests. Partition debug (the
 default: n1, n2) has FAKE_GPUS fake GPUs per node (gpu GRES: Slurm sets CUDA_VISIBLE_DEVICES, the
-ranks run on the CPU); partition cpu (n3) has none and a MaxTime of one hour. CPU jobs run anywhere.
+ranks run on the CPU); partition cpu (n3) has none, a MaxTime of one hour and MaxNodes 1. CPU jobs
+run anywhere.
 
 Needs root (apt-get, munged, ip netns): skipped with the reason otherwise; CI runs as root, so there
 it really runs. The first start installs the Debian packages (~6 s); later ones take ~0.3 s. At the
@@ -90,7 +91,7 @@ def slurm_cluster():
             "partition": "debug",
             "nodes": ["n1", "n2"],
             "gpus_per_node": FAKE_GPUS,  # in debug
-            "cpu_partition": "cpu",  # n3: no GPUs, MaxTime 1:00:00
+            "cpu_partition": "cpu",  # n3: no GPUs, MaxTime 1:00:00, MaxNodes 1
             "cpu_nodes": ["n3"],
             "logs": Path(BASE) / "log",
             "up_s": time.monotonic() - started,

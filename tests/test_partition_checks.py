@@ -81,8 +81,8 @@ CHECKS = [  # (recipe settings, the one line the submit stops with)
     (["cluster.partition=short", "cluster.gpus_per_node=2"],
      "cluster.time: 01:00:00 is longer than the MaxTime of partition short (30:00); set cluster.time=30:00 or less, or "
      "use one of: gpu (8x a100)"),
-    (["cluster.partition=gpu", "cluster.nodes=5"],
-     "cluster.nodes: 5 nodes, but partition gpu has 4 with 1 or more GPUs; set cluster.nodes=4 or less"),
+    (["cluster.gpus_per_node=0", "cluster.nodes=3", "train.precision=no"],
+     "cluster.nodes: 3 nodes, but partition debug has 2; set cluster.nodes=2 or less"),
     (["cluster.partition=gpu", "cluster.nodes=3"],
      "cluster.nodes: 3 nodes, but partition gpu takes at most 2 per job (MaxNodes); set cluster.nodes=2 or less"),
     (["cluster.partition=gpu", "cluster.cpus_per_task=128"],

@@ -1,6 +1,6 @@
 """What a user meets on a GPU cluster, on the real dev cluster: partition debug (n1, n2) with fake
 GPUs (gpu GRES: Slurm sets CUDA_VISIBLE_DEVICES, the ranks run on the CPU) and partition cpu (n3,
-no GPUs, MaxTime 1 hour). Every check made before sbatch, against real sinfo; a GPU job whose ranks
+no GPUs, MaxTime 1 hour, MaxNodes 1). Every check made before sbatch, against real sinfo; a GPU job whose ranks
 report what they saw; a CPU job given its node's cores; the shipped recipe accepted as it is."""
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ REAL_CHECKS = [
     (["cluster.cpus_per_task=4"],
      "cluster.cpus_per_task: 4 CPUs, but the nodes of partition debug have at most 2; set cluster.cpus_per_task=2 or "
      "less, or leave it unset (then the job gets the node's cores)"),
+    (["cluster.partition=cpu", "cluster.gpus_per_node=0", "cluster.time=30", "cluster.nodes=2"],
+     "cluster.nodes: 2 nodes, but partition cpu takes at most 1 per job (MaxNodes); set cluster.nodes=1 or less, or use "
+     "one of: debug (2x gpu, default)"),
     (["cluster.mem=16G"],
      "cluster.mem: 16G per node, but the nodes of partition debug have at most 8000M; set cluster.mem=8000M or less"),
 ]  # fmt: skip

@@ -164,15 +164,15 @@ def partition_problems(recipe: Recipe, partitions: list[Partition]) -> list[str]
     if partition.max_time_s is not None and (seconds is None or seconds > partition.max_time_s):
         problems.append(f"cluster.time: {cluster.time} is longer than the MaxTime of {name} ({partition.max_time}); "
                         f"set cluster.time={partition.max_time} or less{instead}")  # fmt: skip
-    if not problems:  # the node count, among the nodes the job fits on
+    if partition.max_job_nodes is not None and cluster.nodes > partition.max_job_nodes:
+        problems.append(f"cluster.nodes: {cluster.nodes} nodes, but {name} takes at most {partition.max_job_nodes} "
+                        f"per job (MaxNodes); set cluster.nodes={partition.max_job_nodes} or less{instead}")  # fmt: skip
+    elif not problems:  # the node count, among the nodes the job fits on
         fitting = sum(g.count for g in partition.fitting(gpus, cpus, memory))
         having = f" with {gpus} or more GPUs" if gpus else ""
         if cluster.nodes > fitting:
             problems.append(f"cluster.nodes: {cluster.nodes} nodes, but {name} has {fitting}{having}; "
                             f"set cluster.nodes={fitting} or less{instead}")  # fmt: skip
-        elif partition.max_job_nodes is not None and cluster.nodes > partition.max_job_nodes:
-            problems.append(f"cluster.nodes: {cluster.nodes} nodes, but {name} takes at most {partition.max_job_nodes} "
-                            f"per job (MaxNodes); set cluster.nodes={partition.max_job_nodes} or less{instead}")  # fmt: skip
     return problems
 
 

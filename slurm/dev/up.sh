@@ -2,7 +2,8 @@
 # (ftlaunch copy: slurm/dev/up.sh; used by tests/slurm_fixture.py and `bash slurm/dev/up.sh` by hand)
 # up.sh - start a REAL Slurm cluster (slurmctld + 3 x slurmd, munge) on this one Debian 12
 # machine, as root, without systemd: partition debug (default) = n1, n2 with fake GPUs; partition
-# cpu = n3, no GPUs, MaxTime 1 hour (a second kind of node, for the checks made before sbatch).
+# cpu = n3, no GPUs, MaxTime 1 hour, MaxNodes 1 (a second kind of node and limits, for the checks
+# made before sbatch).
 # Idempotent: if the cluster recorded in the pidfile is already up, configured as asked, with
 # every node responding (idle, or running another session's jobs), it just says so and exits 0.
 #
@@ -37,7 +38,7 @@ TIMEOUT=${SLURM_LAB_TIMEOUT:-60}
 CLUSTER=ftlab
 PARTITION=debug             # the default partition: n1, n2 (with the fake GPUs)
 GPU_NODES=(n1 n2)
-CPU_PARTITION=cpu           # n3: no GPUs, MaxTime 1 hour
+CPU_PARTITION=cpu           # n3: no GPUs, MaxTime 1 hour, one node per job
 CPU_NODES=(n3)
 CPU_MAX_TIME=01:00:00
 NODES=("${GPU_NODES[@]}" "${CPU_NODES[@]}")
@@ -245,7 +246,7 @@ EOF
     fi
   done
   echo "PartitionName=$PARTITION Nodes=$(IFS=,; echo "${GPU_NODES[*]}") Default=YES MaxTime=INFINITE State=UP"
-  echo "PartitionName=$CPU_PARTITION Nodes=$(IFS=,; echo "${CPU_NODES[*]}") MaxTime=$CPU_MAX_TIME State=UP"
+  echo "PartitionName=$CPU_PARTITION Nodes=$(IFS=,; echo "${CPU_NODES[*]}") MaxTime=$CPU_MAX_TIME MaxNodes=1 State=UP"
 } > "$BASE/etc/slurm.conf.new"
 mv "$BASE/etc/slurm.conf.new" "$CONF"
 if [ "$GPUS" -gt 0 ]; then
