@@ -1,5 +1,8 @@
-"""A real 2-node Slurm cluster for the tests (slurm/dev/up.sh: slurmctld + slurmd n1/n2 in network
-namespaces, munge), session-scoped, and shellcheck for the sbatch tests.
+"""A real Slurm cluster for the tests (slurm/dev/up.sh: slurmctld + slurmd n1/n2/n3 in network
+namespaces, munge), session-scoped, and shellcheck for the sbatch tests. Partition debug (the
+default: n1, n2) has FAKE_GPUS fake GPUs per node (gpu GRES: Slurm sets CUDA_VISIBLE_DEVICES, the
+ranks run on the CPU); partition cpu (n3) has none, a MaxTime of one hour and MaxNodes 1. CPU jobs
+run anywhere.
 
 Needs root (apt-get, munged, ip netns): skipped with the reason otherwise; CI runs as root, so there
 it really runs. The first start installs the Debian packages (~6 s); later ones take ~0.3 s. At the
@@ -23,6 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = Path(os.environ.get("FTL_SLURM_SCRIPTS", REPO / "slurm" / "dev"))
 BASE = os.environ.get("FTL_SLURM_BASE", "/tmp/ftl-slurm")  # one cluster per machine (fixed ports, bridge)
+FAKE_GPUS = int(os.environ.get("SLURM_LAB_GPUS", "2"))  # every session starts the same cluster
 
 
 def _can_run_slurm() -> str | None:
@@ -70,7 +74,7 @@ def slurm_cluster():
     why = _can_run_slurm()
     if why:
         pytest.skip(f"real Slurm unavailable: {why}")
-    env = dict(os.environ, SLURM_LAB_BASE=BASE)
+    env = dict(os.environ, SLURM_LAB_BASE=BASE, SLURM_LAB_GPUS=str(FAKE_GPUS))
     started = time.monotonic()
     up = subprocess.run(["bash", str(SLURM_DIR / "up.sh")], env=env, capture_output=True, text=True, timeout=600)
     if up.returncode != 0:
@@ -86,6 +90,9 @@ def slurm_cluster():
             "base": BASE,
             "partition": "debug",
             "nodes": ["n1", "n2"],
+            "gpus_per_node": FAKE_GPUS,  # in debug
+            "cpu_partition": "cpu",  # n3: no GPUs, MaxTime 1:00:00, MaxNodes 1
+            "cpu_nodes": ["n3"],
             "logs": Path(BASE) / "log",
             "up_s": time.monotonic() - started,
         }

@@ -29,7 +29,7 @@ from launcher.plan import HostFacts, make_plan
 from launcher.recipe import load_recipe, parse_override
 from launcher.recipe.schema import ContainerSpec
 from launcher.render import render_files
-from launcher.render.sbatch import render_array_sbatch, render_sbatch, sbatch_quote
+from launcher.render.sbatch import ClusterFacts, render_array_sbatch, render_sbatch, sbatch_quote
 from launcher.hfcache import hf_cache_env
 from launcher.submit.prefetch import check_offline
 from launcher.submit.sweep import grid, parse_sweep
@@ -82,6 +82,16 @@ def render_case(name: str) -> str:
             ["cluster.nodes=2", "cluster.gpus_per_node=8"], "/scratch/runs/mrpc-pyxis", container
         )
         return render_sbatch(plan, recipe, CACHE)
+    if name == "gpu_defaults":  # what the one sinfo query and the submitting shell add: 4 of 8 GPUs per node
+        facts = ClusterFacts("gpu", node_cpus=64, node_gpus=8,
+                             nccl_env=(("NCCL_IB_HCA", "mlx5_0,mlx5_1"), ("NCCL_SOCKET_IFNAME", "ib0")))
+        recipe, plan = recipe_and_plan(["cluster.nodes=2", "cluster.gpus_per_node=4", "cluster.partition=gpu"],
+                                       "/scratch/runs/mrpc-gpu-defaults")  # fmt: skip
+        return render_sbatch(plan, recipe, CACHE, facts)
+    if name == "cpu_defaults":  # CPU nodes: the task gets the node's cores, no GPU or NCCL settings
+        recipe, plan = recipe_and_plan(["cluster.nodes=2", "cluster.gpus_per_node=0", "cluster.procs_per_node=2",
+                                        "cluster.partition=cpu", "train.precision=no"], "/scratch/runs/mrpc-cpu")  # fmt: skip
+        return render_sbatch(plan, recipe, CACHE, ClusterFacts("cpu", node_cpus=48))
     if name == "apptainer":
         container = ContainerSpec(image="/images/ftlaunch.sif", runtime="apptainer", mounts=["/datasets:/datasets"])
         recipe, plan = recipe_and_plan(
@@ -91,7 +101,7 @@ def render_case(name: str) -> str:
     raise KeyError(name)
 
 
-CASES = ["one_node", "two_nodes", "array", "pyxis", "apptainer"]
+CASES = ["one_node", "two_nodes", "array", "pyxis", "apptainer", "gpu_defaults", "cpu_defaults"]
 
 
 def normalized(text: str) -> str:

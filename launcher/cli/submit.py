@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from launcher.cli.display import print_files, print_plan
     from launcher.submit.hostfacts import host_facts
-    from launcher.submit.preflight import preflight
+    from launcher.submit.preflight import SlurmQuery, preflight, unchecked
     from launcher.submit.prepare import prepare_run, write_prepared
 
     overrides = overrides_from(
@@ -104,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--sweep submits one Slurm job array; it cannot run with --local (use --dry-run to see it)")
         return _submit_sweep(args, overrides, console)
     target = "local" if args.local else "remote"  # remote: Slurm, or the TPU the recipe names
-    prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv, dry_run=args.dry_run)
+    slurm = SlurmQuery()  # asked at most once: for the sbatch defaults and the checks
+    prepared = prepare_run(args.recipe, overrides, target, host_facts(), args.argv, dry_run=args.dry_run, slurm=slurm)
     target = prepared.plan.target
-    problems = preflight([prepared.recipe], args.recipe, target, check_cache=not args.no_check)
+    problems = preflight([prepared.recipe], args.recipe, target, check_cache=not args.no_check, slurm=slurm)
     if problems and not args.dry_run:
         raise UserError(*problems)  # nothing written
     write_prepared(prepared)
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             _print_sbatch_command(prepared.run_dir / "sbatch.sh", console)
         if target == "tpu":
             _print_pod_command(prepared.run_dir, console)
-        _print_checks(problems, args.no_check, console)
+        _print_checks(problems, args.no_check, console, unchecked(target, slurm))
         _dry_run_done(prepared.run_dir, console)
         return 0
     if target == "local":
@@ -171,8 +172,8 @@ def _resume(args: argparse.Namespace, overrides, console) -> int:
     return 0
 
 
-def _print_checks(problems: list[str], skipped_cache: bool, console) -> None:
-    """A dry run runs every check a real submit runs, and says which would stop it."""
+def _print_checks(problems: list[str], skipped_cache: bool, console, not_checked: list[str] = ()) -> None:
+    """A dry run runs every check a real submit runs, says which would stop it, and what it could not check."""
     if problems:
         console.print(f"[bold yellow]checks: {len(problems)} problem(s) would stop a real submit[/]:")
         for problem in problems:
@@ -180,6 +181,8 @@ def _print_checks(problems: list[str], skipped_cache: bool, console) -> None:
     else:
         skipped = " (the Hugging Face cache check was skipped: --no-check)" if skipped_cache else ""
         console.print(f"[bold green]checks: passed[/]: a real submit would go ahead{skipped}")
+    for line in not_checked:
+        _plain(console, f"  {line}")
 
 
 def _dry_run_done(run_dir: Path, console) -> None:
@@ -253,12 +256,14 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
     from launcher.cli.display import print_files, print_plan
     from launcher.rundir.jobs import array_task_id, slurm_job_record, write_job_record
     from launcher.submit.hostfacts import host_facts
-    from launcher.submit.preflight import preflight
+    from launcher.submit.preflight import SlurmQuery, preflight, unchecked
     from launcher.submit.sweep import parse_sweep, prepare_sweep, write_sweep
 
     axes = [parse_sweep(text) for text in args.sweep]
-    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv, dry_run=args.dry_run)
-    problems = preflight([run.recipe for run in sweep.runs], args.recipe, "slurm", check_cache=not args.no_check)
+    slurm = SlurmQuery()
+    sweep = prepare_sweep(args.recipe, overrides, axes, host_facts(), args.argv, dry_run=args.dry_run, slurm=slurm)
+    problems = preflight([run.recipe for run in sweep.runs], args.recipe, "slurm", check_cache=not args.no_check,
+                         slurm=slurm)  # fmt: skip
     if problems and not args.dry_run:
         raise UserError(*problems)  # nothing written
     write_sweep(sweep)
@@ -268,7 +273,7 @@ def _submit_sweep(args: argparse.Namespace, overrides, console) -> int:
             _plain(console, f"task {index}: {_point_text(point)} -> {run.run_dir}")
         print_files(sweep.files, console)
         _print_sbatch_command(sweep.script, console)
-        _print_checks(problems, args.no_check, console)
+        _print_checks(problems, args.no_check, console, unchecked("slurm", slurm))
         _dry_run_done(sweep.sweep_dir, console)
         return 0
     submitted = _submit_or_forget(sweep.script, sweep.sweep_dir)

@@ -108,6 +108,8 @@ def _train(recipe: Recipe) -> Iterator[Problem]:
         yield "train.save_steps", "save_strategy is 'steps': set save_steps"
     if train.save_steps and train.save_strategy != "steps":
         yield "train.save_steps", f"save_steps is only used with save_strategy: steps (it is {train.save_strategy!r})"
+    if len(set(train.report_to)) != len(train.report_to):
+        yield "train.report_to", "a tracker is listed twice"
 
 
 def _metrics(recipe: Recipe) -> Iterator[Problem]:

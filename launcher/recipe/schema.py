@@ -97,6 +97,10 @@ class TrainSpec(Section):
         2, ge=1, description="newest checkpoints kept; the best one by the first metric is kept as well"
     )
     logging_steps: int = Field(10, ge=1, description="optimizer steps between metric records")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers (accelerate's); wandb and mlflow need pip install 'ftlaunch[trackers]'",
+    )
 
 
 DEFAULT_ZERO_STAGE = 2

@@ -11,13 +11,14 @@ from launcher.render.commands import render_plan_json
 
 
 def render_files(
-    plan: Plan, recipe: Recipe | None = None, cache_env: Mapping[str, str] | None = None
+    plan: Plan, recipe: Recipe | None = None, cache_env: Mapping[str, str] | None = None, facts=None
 ) -> dict[str, str]:
     """File name (relative to the run dir) -> content.
 
     Slurm target: with the recipe (its cluster section: partition, time, container, ...) also the
     batch script, sbatch.sh; `cache_env` is the Hugging Face cache paths the job exports
-    (launcher.hfcache.hf_cache_env(): as resolved on the submitting host).
+    (launcher.hfcache.hf_cache_env(): as resolved on the submitting host); `facts`
+    (launcher.render.sbatch.ClusterFacts) what the submit learnt from Slurm and its shell.
     TPU target: with the recipe (setup lines, env) also the pod script and the worker script.
     DeepSpeed backend: with the recipe (max_grad_norm, offload) also deepspeed.json."""
     files = {
@@ -27,7 +28,7 @@ def render_files(
     if plan.target == "slurm" and recipe is not None:
         from launcher.render.sbatch import SCRIPT_NAME, render_sbatch
 
-        files[SCRIPT_NAME] = render_sbatch(plan, recipe, cache_env)
+        files[SCRIPT_NAME] = render_sbatch(plan, recipe, cache_env, facts)
     if plan.target == "tpu" and recipe is not None:
         from launcher.render.tpu_pod import render_tpu_files
 

@@ -11,12 +11,18 @@ unquoted `#` starts a comment, no expansion of any kind), so shell quoting is no
 quoting there: a value is double-quoted with `\\` and `"` escaped. Values that cannot be written on one
 line (newlines, control characters) are refused. `cluster.setup` lines are shell code by design and go
 in verbatim.
+
+GPU nodes get what a careful user would set, each with its reason in a comment of the script:
+--cpus-per-task (the node's cores, from the one `sinfo` query of the submit, when the recipe leaves
+cluster.cpus_per_task unset), --gpus-per-node, `srun --gpu-bind=none`, NCCL's error handling and
+warnings, the submitting shell's NCCL network settings, and how the node agent sets OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,7 @@ from launcher.plan.plan import PORT_SHELL_EXPR
 from launcher.recipe.schema import Recipe
 from launcher.render.shell_templates import template
 from launcher.rundir.layout import REQUEUE_MARKER
+from launcher.secrets import looks_secret
 
 SCRIPT_NAME = "sbatch.sh"
 NODE_LOG = "logs/node-%n.log"  # srun: %n = node index within the job (0..N-1) = the machine rank
@@ -61,6 +68,28 @@ def comment(value: object) -> str:
 
 
 @dataclass(frozen=True)
+class ClusterFacts:
+    """What the submitting side knows beyond the recipe (launcher.submit.preflight.SlurmQuery): the
+    partition's nodes as sinfo described them (None: Slurm did not answer), and the NCCL network
+    settings of the submitting shell, which the script keeps."""
+
+    partition: str | None = None
+    node_cpus: int | None = None  # cores of the nodes the job fits on (the fewest)
+    node_gpus: int = 0  # GPUs of those nodes
+    nccl_env: tuple[tuple[str, str], ...] = ()
+
+
+# NCCL's choice of network: set by whoever knows the fabric (a site's docs, a module file), passed on.
+NCCL_PASSTHROUGH = ("NCCL_SOCKET_IFNAME", "NCCL_IB_")
+
+
+def nccl_passthrough(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """NCCL_SOCKET_IFNAME and NCCL_IB_* as set in `environ` (never a name that looks like a credential)."""
+    names = [n for n in environ if n.startswith(NCCL_PASSTHROUGH) and n == n.upper() and not looks_secret(n)]
+    return tuple((name, environ[name]) for name in sorted(names) if not _CONTROL.search(environ[name]))
+
+
+@dataclass(frozen=True)
 class ContainerLaunch:
     runtime: str  # pyxis | apptainer
     image: str
@@ -68,11 +97,13 @@ class ContainerLaunch:
     gpus: bool
 
 
-def render_sbatch(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str] | None = None) -> str:
+def render_sbatch(
+    plan: Plan, recipe: Recipe, cache_env: Mapping[str, str] | None = None, facts: ClusterFacts | None = None
+) -> str:
     """The batch script for one run (written to RUN_DIR/sbatch.sh)."""
     _check_slurm_plan(plan)
     script_path = f"{plan.run_dir}/{SCRIPT_NAME}"
-    context = _context(plan, recipe, cache_env or {}, script_path)
+    context = _context(plan, recipe, cache_env or {}, script_path, facts or ClusterFacts())
     context.update(
         array=None,
         run_dirs=[plan.run_dir],
@@ -82,7 +113,8 @@ def render_sbatch(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str] | Non
 
 
 def render_array_sbatch(
-    plans: list[Plan], recipe: Recipe, sweep_dir: str, cache_env: Mapping[str, str] | None = None
+    plans: list[Plan], recipe: Recipe, sweep_dir: str, cache_env: Mapping[str, str] | None = None,
+    facts: ClusterFacts | None = None,
 ) -> str:
     """One job array for a sweep: task N runs plans[N] (its own run dir, recipe, plan, accelerate config).
 
@@ -94,7 +126,7 @@ def render_array_sbatch(
         _check_slurm_plan(plan)
     _check_path("output_dir", sweep_dir)
     first = plans[0]
-    context = _context(first, recipe, cache_env or {}, f"{sweep_dir}/{SCRIPT_NAME}")
+    context = _context(first, recipe, cache_env or {}, f"{sweep_dir}/{SCRIPT_NAME}", facts or ClusterFacts())
     context.update(
         array=f"0-{len(plans) - 1}",
         run_dirs=[plan.run_dir for plan in plans],
@@ -130,17 +162,17 @@ def _check_path(field: str, path: str) -> None:
         )
 
 
-def _sbatch_options(plan: Plan, recipe: Recipe) -> list[tuple[str, object | None]]:
+def _sbatch_options(plan: Plan, recipe: Recipe, cpus_per_task: int | None = None) -> list[tuple[str, object | None]]:
     cluster = recipe.cluster
     options: list[tuple[str, object | None]] = [
         ("--job-name", plan.name),
         ("--nodes", f"{plan.min_nodes}-{plan.nodes}" if plan.min_nodes else plan.nodes),  # a range: elastic
         ("--ntasks-per-node", 1),  # one node agent per node; it starts the node's ranks itself
     ]
-    if plan.gpus_per_node:
+    if plan.gpus_per_node and not _asks_for_gpus(recipe.cluster.sbatch_args):
         options.append(("--gpus-per-node", plan.gpus_per_node))
     for flag, value in (
-        ("--cpus-per-task", cluster.cpus_per_task),
+        ("--cpus-per-task", cluster.cpus_per_task or cpus_per_task),
         ("--mem", cluster.mem),
         ("--partition", cluster.partition),
         ("--account", cluster.account),
@@ -154,6 +186,43 @@ def _sbatch_options(plan: Plan, recipe: Recipe) -> list[tuple[str, object | None
     options.append(("--requeue", None) if cluster.max_requeues else ("--no-requeue", None))
     options.append(("--signal", f"USR2@{cluster.preempt_signal_s}"))  # USR2: NCCL may catch USR1
     return options
+
+
+# cluster.sbatch_args that ask for GPUs themselves (e.g. --gres=gpu:a100:8): then no --gpus-per-node of ftlaunch's
+_GPU_OPTIONS = ("--gres", "--gpus", "-G")
+
+
+def _asks_for_gpus(sbatch_args: list[str]) -> bool:
+    return any(arg.startswith(_GPU_OPTIONS) for arg in sbatch_args)
+
+
+def _default_cpus(plan: Plan, recipe: Recipe, facts: ClusterFacts) -> tuple[int | None, str]:
+    """--cpus-per-task when the recipe leaves it unset, and why (a comment of the script)."""
+    if recipe.cluster.cpus_per_task or facts.node_cpus is None:
+        return None, ""
+    ranks = f"all {plan.procs_per_node} rank(s) of its node"
+    if plan.gpus_per_node and facts.node_gpus > plan.gpus_per_node:
+        cpus = max(1, facts.node_cpus * plan.gpus_per_node // facts.node_gpus)
+        share = (f"{cpus} of the node's {facts.node_cpus} cores, the share of its {plan.gpus_per_node} of "
+                 f"{facts.node_gpus} GPUs")  # fmt: skip
+    else:
+        cpus, share = facts.node_cpus, f"the node's {facts.node_cpus} cores"
+    return cpus, (
+        f"--cpus-per-task={cpus}: the one task per node starts {ranks}, so it gets {share} (partition "
+        f"{facts.partition}, as sinfo describes it); with Slurm's default of 1 CPU per task, cgroups can pin "
+        "every rank of a node to one core. cluster.cpus_per_task sets another number."
+    )
+
+
+def _option_reasons(plan: Plan, recipe: Recipe, cpus_reason: str) -> dict[str, str]:
+    """Why ftlaunch adds the options a user did not write: one comment line above each."""
+    reasons = {"--cpus-per-task": cpus_reason} if cpus_reason else {}
+    if plan.gpus_per_node and not _asks_for_gpus(recipe.cluster.sbatch_args):
+        reasons["--gpus-per-node"] = (
+            f"--gpus-per-node={plan.gpus_per_node}: one GPU per rank (cluster.gpus_per_node; a --gres or --gpus "
+            "option in cluster.sbatch_args replaces this line)"
+        )
+    return reasons
 
 
 def _extra_sbatch_args(recipe: Recipe) -> list[str]:
@@ -187,14 +256,14 @@ _OPTION_FIELDS = {
 }
 
 
-def _context(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str], script_path: str) -> dict:
+def _context(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str], script_path: str, facts: ClusterFacts) -> dict:
     cluster = recipe.cluster
+    cpus, cpus_reason = _default_cpus(plan, recipe, facts)
+    reasons = _option_reasons(plan, recipe, cpus_reason)
     sbatch = []
-    for flag, value in _sbatch_options(plan, recipe):
-        if value is None:
-            sbatch.append(flag)
-        else:
-            sbatch.append(f"{flag}={_sbatch_value(_OPTION_FIELDS.get(flag, flag), value)}")
+    for flag, value in _sbatch_options(plan, recipe, cpus):
+        line = flag if value is None else f"{flag}={_sbatch_value(_OPTION_FIELDS.get(flag, flag), value)}"
+        sbatch.append({"line": line, "why": _lines(reasons.get(flag, ""))})
     env = {**OFFLINE_ENV, **{k: v for k, v in cache_env.items() if v}}
     for name, value in cluster.env.items():
         if _CONTROL.search(name):
@@ -219,7 +288,34 @@ def _context(plan: Plan, recipe: Recipe, cache_env: Mapping[str, str], script_pa
         "max_requeues": cluster.max_requeues,
         "requeue_marker": REQUEUE_MARKER,
         "node_log": NODE_LOG,
+        "cpus_per_task": cluster.cpus_per_task or cpus,
+        "gpu": plan.device == "cuda",
+        "nccl_env": [(n, v) for n, v in facts.nccl_env if n not in cluster.env],
+        "nccl_defaults": [(n, v) for n, v in NCCL_DEFAULTS if n not in cluster.env],
+        "omp_threads": _lines(_omp_comment(plan, cluster.cpus_per_task or cpus)),
     }
+
+
+# What a careful user sets for NCCL; a value set before sbatch (or in cluster.env) wins.
+NCCL_DEFAULTS = (
+    ("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),  # abort NCCL and end the rank on a failed or timed-out collective
+    ("NCCL_DEBUG", "WARN"),  # NCCL's warnings (network fallbacks, InfiniBand errors) in the node logs
+)
+
+
+def _lines(text: str) -> list[str]:
+    """A reason as comment lines of the script (each passes the `comment` filter)."""
+    return textwrap.wrap(text, width=100, break_on_hyphens=False) if text else []
+
+
+def _omp_comment(plan: Plan, cpus: int | None) -> str:
+    ranks = plan.procs_per_node
+    if cpus:
+        share = f"{cpus} // {ranks} = {max(1, cpus // ranks)} thread(s)"
+    else:
+        share = f"SLURM_CPUS_PER_TASK // {ranks} threads"
+    return (f"OMP_NUM_THREADS: the node agent gives each of the node's {ranks} rank(s) its share of the task's CPUs "
+            f"({share}), so that ranks do not oversubscribe the cores; export OMP_NUM_THREADS before sbatch to choose")
 
 
 def _node_command(plan: Plan) -> str:

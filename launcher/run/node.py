@@ -63,16 +63,17 @@ def child_env(plan: Plan, machine_rank: int) -> dict[str, str]:
     if "OMP_NUM_THREADS" not in os.environ:
         # accelerate would set 1 thread per process; give each rank its share of this node's cores.
         sharing = plan.world_size if plan.target == "local" else plan.procs_per_node
-        cores = int(os.environ.get("SLURM_CPUS_ON_NODE", 0)) or len(os.sched_getaffinity(0))
+        # Slurm: the CPUs of this node's one task (sbatch.sh passes --cpus-per-task to srun)
+        slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+        cores = int(slurm_cpus or 0) or len(os.sched_getaffinity(0))
         env["OMP_NUM_THREADS"] = str(max(1, cores // sharing))
     if plan.device == "xla":  # PJRT: the TPU chips, or XLA on the CPU where the plan found none
         env["PJRT_DEVICE"] = plan.xla["pjrt_device"]
     if plan.target == "local" and plan.device == "cuda" and plan.nodes > 1:
-        # N "nodes" on one host: each gets its own slice of the GPUs.
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = visible.split(",") if visible else [str(i) for i in range(plan.nodes * plan.procs_per_node)]
-        mine = gpus[machine_rank * plan.procs_per_node : (machine_rank + 1) * plan.procs_per_node]
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        # N "nodes" on one host: each gets its own slice of the GPUs (CUDA_VISIBLE_DEVICES, or ROCm's variables).
+        from launcher.gpus import node_share
+
+        env.update(node_share(os.environ, machine_rank, plan.procs_per_node))
     script_env(plan, env)  # the user's own script: PYTHONPATH, gradient accumulation
     return env
 

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 from launcher.cpu import native_bf16
+from launcher.gpus import local_gpu_count  # NVIDIA or AMD (ROCm)
 from launcher.plan import HostFacts
-
-
-def local_gpu_count() -> int:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
 # TPU chips are PCI devices of Google's vendor id (as torch_xla counts them); v2/v3, v4, v5e, v5p, v6e.

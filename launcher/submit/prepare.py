@@ -16,6 +16,7 @@ from launcher.render import render_files
 from launcher.rundir.create import new_run_dir, write_run_dir
 from launcher.rundir.layout import ENV_FILE, LOGS_DIR, RECIPE_FILE, STATUS_DIR
 from launcher.submit.envrecord import render_env_record
+from launcher.submit.preflight import SlurmQuery
 from launcher.hfcache import hf_cache_env
 from launcher.submit.script import script_files
 
@@ -35,10 +36,12 @@ def prepare_run(
     host: HostFacts,
     argv: list[str],
     dry_run: bool = False,
+    slurm: SlurmQuery | None = None,
 ) -> PreparedRun:
     """Validate, plan and render in memory; raises UserError before anything touches the disk.
     target: local, slurm, tpu, or remote (slurm, or tpu where the recipe's cluster.accelerator says so).
-    A dry run's dir is named <name>-dryrun-...: kept apart from real runs, and pruned."""
+    A dry run's dir is named <name>-dryrun-...: kept apart from real runs, and pruned.
+    slurm: the submit's one query of the cluster, for the sbatch script's defaults (None: no query)."""
     recipe = load_recipe(recipe_path, overrides).recipe
     if target == "remote":  # not this host: the TPU the recipe names, or Slurm
         target = "tpu" if recipe.cluster.accelerator == "tpu" else "slurm"
@@ -47,9 +50,10 @@ def prepare_run(
     plan = make_plan(recipe, target, str(run_dir), host, split_rows(recipe), local_port=port)
     # A Slurm job reads the Hugging Face caches this host resolves (and the offline check looked in).
     cache_env = hf_cache_env() if target == "slurm" else None
+    facts = slurm.facts_for(recipe) if slurm is not None and target == "slurm" else None
     files = {
         RECIPE_FILE: _recipe_header(recipe_path, overrides) + dump_recipe(recipe),
-        **render_files(plan, recipe, cache_env),
+        **render_files(plan, recipe, cache_env, facts),
         ENV_FILE: render_env_record(argv),
         **script_files(plan),  # the user's own script: RUN/script/NAME.py (bytes) + manifest.json
     }

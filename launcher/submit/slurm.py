@@ -6,7 +6,8 @@ Everything here shells out to the Slurm client commands of the login node. Job s
 accounting is off (`sacct` answers "Slurm accounting storage is disabled"), from the job
 completion log (`sacct -c`), and where that knows nothing either, the caller says so and shows
 what the run dir's node status files know. Their `|`-separated output is parsed here
-(`parse_table`, which also expands array ranges such as `12_[0-3]`).
+(`parse_table`, which also expands array ranges such as `12_[0-3]`), and so is the one `sinfo`
+query a submit makes about the partitions (`parse_partitions`).
 """
 
 from __future__ import annotations
@@ -264,3 +265,146 @@ def run_states(infos: list) -> StateReport:
     for the job completion log)."""
     aliases = {i.job_id: i.task_job_id for i in infos if i.job_id and i.task_job_id}
     return job_states([i.job_id for i in infos if i.job_id], aliases)
+
+
+# ----------------------------------------------------------------------------------- partitions
+
+# The one query a submit makes about the cluster: per partition and node configuration (sinfo prints
+# one line per group of alike nodes), the name (`*` marks the default partition), availability,
+# MaxTime, node count, CPUs and memory (MB) per node, GRES and the job size limit in nodes.
+PARTITION_FORMAT = "%P|%a|%l|%D|%c|%m|%G|%s"
+PARTITION_QUERY = ["sinfo", "-h", "-o", PARTITION_FORMAT]
+_NO_LIMIT = frozenset({"infinite", "unlimited", "n/a", "none", ""})
+
+
+@dataclass(frozen=True)
+class NodeGroup:
+    """Nodes of a partition that sinfo describes on one line."""
+
+    count: int
+    cpus: int | None  # per node (sinfo writes "N+" when they differ: the fewest)
+    memory_mb: int | None
+    gpus: int  # GRES gpu per node
+    gpu_type: str | None  # "a100" from gpu:a100:8; None when the GRES has no type
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    default: bool
+    state: str  # up, down, drain, inact
+    max_time: str  # as sinfo prints it ("infinite", "1:00:00", "1-12:00:00")
+    max_time_s: int | None  # None: no limit
+    max_job_nodes: int | None  # nodes one job may have (MaxNodes); None: no limit
+    groups: tuple[NodeGroup, ...]
+
+    @property
+    def nodes(self) -> int:
+        return sum(group.count for group in self.groups)
+
+    @property
+    def max_gpus(self) -> int:
+        return max((group.gpus for group in self.groups), default=0)
+
+    def largest(self, attribute: str) -> int | None:
+        values = [getattr(group, attribute) for group in self.groups if getattr(group, attribute) is not None]
+        return max(values) if values else None
+
+    def fitting(self, gpus: int = 0, cpus: int | None = None, memory_mb: int | None = None) -> list[NodeGroup]:
+        """The node groups on which one task with this many GPUs, CPUs and memory fits."""
+        return [
+            group for group in self.groups
+            if group.gpus >= gpus and (cpus is None or group.cpus is None or group.cpus >= cpus)
+            and (memory_mb is None or group.memory_mb is None or group.memory_mb >= memory_mb)
+        ]  # fmt: skip
+
+    def gpu_text(self) -> str:
+        """"8x a100", "2x gpu" (untyped GRES), "8x a100, 4x v100" (mixed nodes), or "no GPUs"."""
+        kinds = dict.fromkeys(f"{g.gpus}x {g.gpu_type or 'gpu'}" for g in self.groups if g.gpus)
+        return ", ".join(kinds) or "no GPUs"
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.gpu_text()}{', default' if self.default else ''})"
+
+
+def parse_partitions(text: str) -> list[Partition] | None:
+    """sinfo -h -o PARTITION_FORMAT -> partitions, in sinfo's order; None when the text is not that."""
+    rows: dict[str, list[list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = [cell.strip() for cell in line.split("|")]
+        if len(cells) != PARTITION_FORMAT.count("|") + 1 or not _leading_int(cells[3]):
+            return None
+        rows.setdefault(cells[0], []).append(cells)
+    partitions = []
+    for raw_name, lines in rows.items():
+        _, state, max_time, _, _, _, _, size = lines[0]
+        groups = tuple(
+            NodeGroup(_leading_int(count) or 0, _leading_int(cpus), _leading_int(memory), *_gres_gpus(gres))
+            for _, _, _, count, cpus, memory, gres, _ in lines
+        )  # fmt: skip
+        upper = size.rpartition("-")[2]
+        partitions.append(Partition(
+            name=raw_name.rstrip("*"), default=raw_name.endswith("*"), state=state.rstrip("*"), max_time=max_time,
+            max_time_s=time_seconds(max_time), max_job_nodes=None if upper.lower() in _NO_LIMIT else _leading_int(upper),
+            groups=groups,
+        ))  # fmt: skip
+    return partitions if partitions else None
+
+
+def find_partition(partitions: list[Partition], name: str | None) -> Partition | None:
+    """The partition called `name`, or the default partition when `name` is None."""
+    return next((p for p in partitions if (p.name == name if name else p.default)), None)
+
+
+def _leading_int(text: str) -> int | None:
+    match = re.match(r"\d+", text)
+    return int(match.group()) if match else None
+
+
+def _gres_gpus(gres: str) -> tuple[int, str | None]:
+    """sinfo's %G ("gpu:a100:8(S:0-1),nvme:1", "gpu:2", "(null)") -> (GPUs per node, type)."""
+    count, types = 0, []
+    for item in re.split(r",(?![^(]*\))", gres):
+        parts = re.sub(r"\(.*?\)", "", item).split(":")
+        if parts[0] != "gpu" or len(parts) < 2:
+            continue
+        count += _leading_int(parts[-1]) or 0
+        if len(parts) > 2:
+            types.append(parts[1])
+    return count, "/".join(dict.fromkeys(types)) or None
+
+
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def time_seconds(text: str) -> int | None:
+    """A Slurm time ("90", "30:00", "4:00:00", "2-12", "1-12:00:00") in seconds; None for no limit
+    (infinite, UNLIMITED) or text that is not a time."""
+    if text.strip().lower() in _NO_LIMIT:
+        return None
+    match = _TIME.match(text.strip())
+    if not match:
+        return None
+    days, first, second, third = match.groups()
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = int(first), int(second or 0), int(third or 0)
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
+    if third is not None:  # H:M:S
+        return (int(first) * 60 + int(second)) * 60 + int(third)
+    if second is not None:  # M:S
+        return int(first) * 60 + int(second)
+    return int(first) * 60  # minutes
+
+
+_MEMORY_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def memory_mb(text: str) -> int | None:
+    """Slurm's --mem ("64G", "500M", "64000": megabytes) in MB; None for 0 (all of a node's memory) or
+    text that is not a size."""
+    match = re.match(r"^(\d+)([KMGT]?)B?$", text.strip().upper())
+    if not match or int(match.group(1)) == 0:
+        return None
+    return int(int(match.group(1)) * _MEMORY_UNITS[match.group(2) or "M"])

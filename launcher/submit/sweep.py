@@ -23,6 +23,7 @@ from launcher.render.sbatch import SCRIPT_NAME, render_array_sbatch, sbatch_head
 from launcher.rundir.create import new_run_dir, write_run_dir
 from launcher.rundir.layout import LOGS_DIR, SWEEP_FILE
 from launcher.hfcache import hf_cache_env
+from launcher.submit.preflight import SlurmQuery
 from launcher.submit.prepare import PreparedRun, prepare_run, write_prepared
 
 # Keys a job array cannot vary: every task gets the same resources, name and parent dir.
@@ -101,6 +102,7 @@ def prepare_sweep(
     host: HostFacts,
     argv: list[str],
     dry_run: bool = False,
+    slurm: SlurmQuery | None = None,
 ) -> PreparedSweep:
     """Validate every point, plan and render in memory (nothing written; UserError on any problem)."""
     swept = {axis.key for axis in axes}
@@ -116,7 +118,7 @@ def prepare_sweep(
     problems: list[str] = []
     for point in grid(axes):
         try:
-            runs.append(prepare_run(recipe_path, [*overrides, *point, into_sweep], "slurm", host, argv))
+            runs.append(prepare_run(recipe_path, [*overrides, *point, into_sweep], "slurm", host, argv, slurm=slurm))
             points.append(point_dict(point))
         except UserError as exc:
             label = ", ".join(o.text for o in point)
@@ -129,7 +131,8 @@ def prepare_sweep(
         raise UserError("--sweep: the points need different Slurm resources; a job array gives every task the same")
     for run in runs:
         run.files.pop(SCRIPT_NAME, None)  # the array script (in the sweep dir) is what runs
-    script = render_array_sbatch([run.plan for run in runs], runs[0].recipe, str(sweep_dir), hf_cache_env())
+    facts = slurm.facts_for(runs[0].recipe) if slurm is not None else None
+    script = render_array_sbatch([run.plan for run in runs], runs[0].recipe, str(sweep_dir), hf_cache_env(), facts)
     sweep = {
         "recipe": recipe_path,
         "axes": {axis.key: axis.values for axis in axes},

@@ -77,8 +77,10 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     accelerator = make_accelerator(recipe, plan, run_dir)
     set_seed(recipe.train.seed)
     records = RankRecords(run_dir, who)
-    if accelerator.is_main_process:
-        accelerator.init_trackers("tensorboard")
+    if accelerator.is_main_process:  # train.report_to (launcher.train.trackers): names and places are set there
+        from launcher.train.trackers import tracker_config
+
+        accelerator.init_trackers(recipe.name, config=tracker_config(recipe, plan))
 
     # --- data + model
     tokenizer = load_tokenizer(recipe)

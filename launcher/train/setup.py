@@ -49,6 +49,13 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
         warnings.filterwarnings(
             "ignore", r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated", FutureWarning
         )
+    from launcher.train.trackers import make_trackers
+
+    try:
+        trackers = make_trackers(recipe, run_dir, is_main=int(os.environ.get("RANK", "0")) == 0)
+    except LookupError as exc:
+        raise SetupError(f"train.report_to: {exc} is not installed for this Python (pip install 'ftlaunch[trackers]'); "
+                         "accelerate would leave it out without a word") from None  # fmt: skip
     process_group = InitProcessGroupKwargs(timeout=timedelta(seconds=plan.rendezvous.timeout_s))
     if on_cpu and plan.backend == "deepspeed" and plan.world_size > 1:
         process_group.backend = "gloo"  # accelerate would ask DeepSpeed for NCCL/ccl
@@ -59,7 +66,7 @@ def make_accelerator(recipe: Recipe, plan: Plan, run_dir: Path):
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         kwargs_handlers=[process_group],
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        log_with="tensorboard",
+        log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
     )
     quiet_library_progress(accelerator.is_main_process)

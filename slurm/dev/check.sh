@@ -21,7 +21,7 @@ wait_state() { # jobid state timeout_s
 }
 
 # 1. sinfo
-[ "$(sinfo -h -N -o '%N %t' | grep -c ' idle$')" = 2 ] && pass "sinfo: 2 idle nodes" || fail "sinfo: $(sinfo -h -N -o '%N %t' | tr '\n' ' ')"
+[ "$(sinfo -h -N -p debug -o '%N %t' | grep -c ' idle$')" = 2 ] && pass "sinfo: 2 idle nodes in debug" || fail "sinfo: $(sinfo -h -N -o '%N %t' | tr '\n' ' ')"
 
 # 2. 2-node batch job: srun env, node ids, hostnames
 cat > hello.sh <<'EOF'

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # (ftlaunch copy: slurm/dev/up.sh; used by tests/slurm_fixture.py and `bash slurm/dev/up.sh` by hand)
-# up.sh - start a REAL 2-node Slurm cluster (slurmctld + 2 x slurmd, munge) on this one
-# Debian 12 machine, as root, without systemd. Idempotent: if the cluster recorded in the
-# pidfile is already up with 2 idle nodes, it just says so and exits 0.
+# up.sh - start a REAL Slurm cluster (slurmctld + 3 x slurmd, munge) on this one Debian 12
+# machine, as root, without systemd: partition debug (default) = n1, n2 with fake GPUs; partition
+# cpu = n3, no GPUs, MaxTime 1 hour, MaxNodes 1 (a second kind of node and limits, for the checks
+# made before sbatch).
+# Idempotent: if the cluster recorded in the pidfile is already up, configured as asked, with
+# every node responding (idle, or running another session's jobs), it just says so and exits 0.
 #
 # Modes (SLURM_LAB_MODE):
 #   netns (default) - each slurmd runs in its own network + UTS namespace: nodes n1/n2 have
-#                     their own hostname (`hostname` = n1 / n2) and address (10.77.0.11/.12 on a
+#                     their own hostname (`hostname` = n1 / n2 / n3) and address (10.77.0.1N on a
 #                     bridge "slurmlab0" whose root-namespace side is 10.77.0.1, where
 #                     slurmctld listens). Closest to real multi-node.
-#   multi           - Debian's Slurm is built with --enable-multiple-slurmd: two slurmd in the
-#                     root namespace on ports 17001/17002, NodeAddr 127.0.0.11/127.0.0.12.
-#                     `hostname` is the same on both nodes. Used automatically if netns fails.
+#   multi           - Debian's Slurm is built with --enable-multiple-slurmd: the slurmd in the
+#                     root namespace on ports 1700N, NodeAddr 127.0.0.1N.
+#                     `hostname` is the same on every node. Used automatically if netns fails.
 # Options (env):
 #   SLURM_LAB_BASE=/tmp/ftl-slurm   state, logs, spool, pidfile
 #   SLURM_LAB_ACCOUNTING=0|1                1 = also mariadb + slurmdbd (sacct works)
-#   SLURM_LAB_GPUS=0..N                     fake "gpu" GRES per node (char devs like /dev/null)
-#   SLURM_LAB_TIMEOUT=60                    seconds to wait for 2 idle nodes
+#   SLURM_LAB_GPUS=2                        fake "gpu" GRES per node of debug (char devs like /dev/null);
+#                                           0: none anywhere
+#   SLURM_LAB_TIMEOUT=60                    seconds to wait for every node to be idle
 #   SLURM_LAB_CONF_DIR=$SLURM_LAB_BASE/etc  where slurm.conf (+gres.conf, slurmdbd.conf) go;
 #                                           set it to /etc/slurm to make plain `sbatch` work
 #                                           without SLURM_CONF (then it affects every user!)
@@ -29,11 +33,15 @@ set -euo pipefail
 BASE=${SLURM_LAB_BASE:-/tmp/ftl-slurm}
 MODE=${SLURM_LAB_MODE:-netns}
 ACCT=${SLURM_LAB_ACCOUNTING:-0}
-GPUS=${SLURM_LAB_GPUS:-0}
+GPUS=${SLURM_LAB_GPUS:-2}
 TIMEOUT=${SLURM_LAB_TIMEOUT:-60}
 CLUSTER=ftlab
-PARTITION=debug
-NODES=(n1 n2)
+PARTITION=debug             # the default partition: n1, n2 (with the fake GPUs)
+GPU_NODES=(n1 n2)
+CPU_PARTITION=cpu           # n3: no GPUs, MaxTime 1 hour, one node per job
+CPU_NODES=(n3)
+CPU_MAX_TIME=01:00:00
+NODES=("${GPU_NODES[@]}" "${CPU_NODES[@]}")
 NET=10.77.0            # netns mode only: a private /24 that exists only inside this machine
 BRIDGE=slurmlab0
 NS_PREFIX=slurmlab-
@@ -52,8 +60,13 @@ die() { log "ERROR: $*"; exit 1; }
 # ---------------------------------------------------------------- idempotency
 nodes_idle() {  # true when every node reports plain "idle" (no '*' = responding)
   local out
-  out=$(timeout 10 sinfo -h -N -p "$PARTITION" -o '%N %t' 2>/dev/null | sort -u) || return 1
+  out=$(timeout 10 sinfo -h -N -o '%N %t' 2>/dev/null | sort -u) || return 1
   [ "$(printf '%s\n' "$out" | grep -c ' idle$')" -eq "${#NODES[@]}" ]
+}
+nodes_serving() {  # every node responds, idle or running jobs (another session's, maybe): no restart
+  local out
+  out=$(timeout 10 sinfo -h -N -o '%N %t' 2>/dev/null | sort -u) || return 1
+  [ "$(printf '%s\n' "$out" | grep -cE ' (idle|alloc|mix|comp)$')" -eq "${#NODES[@]}" ]
 }
 pids_alive() {
   [ -s "$PIDFILE" ] || return 1
@@ -63,14 +76,18 @@ pids_alive() {
     [ -r "/proc/$pid/comm" ] || return 1
   done < "$PIDFILE"
 }
-if pids_alive && nodes_idle; then
+configured_as_asked() {  # the running cluster's slurm.conf has the GPUs asked for
+  if [ "$GPUS" -gt 0 ]; then grep -q " Gres=gpu:$GPUS " "$CONF" 2>/dev/null; return; fi
+  if grep -q " Gres=" "$CONF" 2>/dev/null; then return 1; fi
+}
+if pids_alive && nodes_serving && configured_as_asked; then
   log "already up (pidfile $PIDFILE)"
   echo "export SLURM_CONF=$CONF"
   echo "# SLURM_LAB_UP $(awk '$1=="mode"{print $2}' "$PIDFILE") $PIDFILE"
   exit 0
 fi
 if [ -e "$PIDFILE" ]; then
-  log "stale/partial cluster in $PIDFILE: running down.sh first"
+  log "stale/partial cluster in $PIDFILE, or another SLURM_LAB_GPUS: running down.sh first"
   SLURM_LAB_BASE=$BASE "$HERE/down.sh" >&2 || true
 fi
 
@@ -221,13 +238,15 @@ EOF
   i=0
   for n in "${NODES[@]}"; do
     i=$((i + 1))
+    gres=""; [[ " ${GPU_NODES[*]} " == *" $n "* ]] && gres=$GRES_NODE
     if [ "$MODE" = netns ]; then
-      echo "NodeName=$n NodeAddr=$NET.1$i CPUs=2 RealMemory=8000$GRES_NODE State=UNKNOWN"
+      echo "NodeName=$n NodeAddr=$NET.1$i CPUs=2 RealMemory=8000$gres State=UNKNOWN"
     else
-      echo "NodeName=$n NodeHostname=$(hostname) NodeAddr=127.0.0.1$i Port=1700$i CPUs=2 RealMemory=8000$GRES_NODE State=UNKNOWN"
+      echo "NodeName=$n NodeHostname=$(hostname) NodeAddr=127.0.0.1$i Port=1700$i CPUs=2 RealMemory=8000$gres State=UNKNOWN"
     fi
   done
-  echo "PartitionName=$PARTITION Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP"
+  echo "PartitionName=$PARTITION Nodes=$(IFS=,; echo "${GPU_NODES[*]}") Default=YES MaxTime=INFINITE State=UP"
+  echo "PartitionName=$CPU_PARTITION Nodes=$(IFS=,; echo "${CPU_NODES[*]}") MaxTime=$CPU_MAX_TIME MaxNodes=1 State=UP"
 } > "$BASE/etc/slurm.conf.new"
 mv "$BASE/etc/slurm.conf.new" "$CONF"
 if [ "$GPUS" -gt 0 ]; then
@@ -237,7 +256,7 @@ if [ "$GPUS" -gt 0 ]; then
   rm -rf "$BASE/fakegpu"; mkdir -p "$BASE/fakegpu"
   for ((g = 0; g < GPUS; g++)); do mknod "$BASE/fakegpu/gpu$g" c 1 3; done
   echo "# slurm-lab: fake GPUs" > "$CONF_DIR/gres.conf"
-  echo "NodeName=$(IFS=,; echo "${NODES[*]}") Name=gpu File=$BASE/fakegpu/gpu[0-$((GPUS - 1))]" >> "$CONF_DIR/gres.conf"
+  echo "NodeName=$(IFS=,; echo "${GPU_NODES[*]}") Name=gpu File=$BASE/fakegpu/gpu[0-$((GPUS - 1))]" >> "$CONF_DIR/gres.conf"
 else
   rm -f "$CONF_DIR/gres.conf"
 fi
@@ -305,7 +324,7 @@ done
 deadline=$((SECONDS + TIMEOUT)); resumed=0
 until nodes_idle; do
   if [ $SECONDS -ge $deadline ]; then
-    sinfo -N -o '%N %t %G %E' >&2 || true
+    sinfo -N -o '%N %P %t %G %E' >&2 || true
     tail -n 20 "$BASE"/log/slurmctld.log "$BASE"/log/slurmd-*.log >&2 || true
     die "nodes not idle after ${TIMEOUT}s"
   fi

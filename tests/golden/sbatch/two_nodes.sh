@@ -5,6 +5,8 @@
 #SBATCH --job-name=mrpc-bert-base
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
+# --gpus-per-node=4: one GPU per rank (cluster.gpus_per_node; a --gres or --gpus option in
+# cluster.sbatch_args replaces this line)
 #SBATCH --gpus-per-node=4
 #SBATCH --cpus-per-task=32
 #SBATCH --mem=256G
@@ -33,6 +35,11 @@ export HF_DATASETS_CACHE=/scratch/hf/datasets
 export NCCL_DEBUG=WARN
 export NCCL_SOCKET_IFNAME=ib0
 
+# NCCL: a collective that fails or outlasts distributed.timeout_s aborts NCCL and ends its rank (torch's
+# default skips the abort), so srun --kill-on-bad-exit stops the job instead of leaving it hung; NCCL's
+# warnings (network fallbacks, InfiniBand errors) go to the node logs. A value set before sbatch wins.
+export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+
 FTL_RUN_DIR=/scratch/runs/mrpc-bert-base-2
 # The node agent's interpreter; export FTL_PYTHON before sbatch to use another.
 FTL_PYTHON=${FTL_PYTHON:-/opt/ftlaunch/venv/bin/python}
@@ -56,12 +63,19 @@ set -u
 
 # One node agent per node. Its machine rank is $SLURM_NODEID, expanded by each task's own shell
 # (single quotes: not here, where it would be 0 for every node). Per-node output: logs/node-N.log.
+# --cpus-per-task again: srun does not take it from sbatch (Slurm 22.05+).
+# --gpu-bind=none: the one task starts every rank of its node, so it sees all of the node's GPUs
+# (CUDA_VISIBLE_DEVICES from Slurm) and rank i of the node takes GPU i (LOCAL_RANK).
+# OMP_NUM_THREADS: the node agent gives each of the node's 4 rank(s) its share of the task's CPUs (32
+# // 4 = 8 thread(s)), so that ranks do not oversubscribe the cores; export OMP_NUM_THREADS before
+# sbatch to choose
 mkdir -p "$FTL_RUN_DIR/logs" "$FTL_RUN_DIR/status"
 rm -f "$FTL_RUN_DIR/status/requeue"
 rc=0
 # shellcheck disable=SC2016  # the single-quoted command is expanded by each task's shell
 srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --kill-on-bad-exit=1 --export=ALL \
   --cpus-per-task=32 \
+  --gpu-bind=none \
   --output="$FTL_RUN_DIR/logs/node-%n.log" --open-mode=append \
   bash -c 'exec "$FTL_PYTHON" -m launcher.run.node "$FTL_RUN_DIR" --machine-rank "$SLURM_NODEID" --head "$FTL_HEAD" --port "$FTL_PORT"' || rc=$?
 
