@@ -64,3 +64,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slurm_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slurm)
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_rank():
+    """Runs compared bit for bit across layouts (local nodes vs Slurm nodes) need the same thread count
+    per rank: float sums depend on it, and the node agent derives it from the host's cores (local) or
+    from --cpus-per-task (Slurm), which differ between machines. sbatch --export=ALL carries the pin."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    patch.undo()

@@ -28,7 +28,7 @@ from ftl_support import MRPC_RECIPE, REPO, ftlaunch, local_mrpc_overrides, only_
 from launcher.faults import parse
 from launcher.processes import mentioning
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread_per_rank")]
 
 FIELDS = {"train.max_steps": "null", "train.epochs": 3, "data.max_train_samples": 64, "data.max_eval_samples": 51}
 TOTAL = 24
@@ -36,7 +36,7 @@ STOP_LIMIT_S = 90  # a broken job must be gone within this
 
 
 @pytest.fixture(scope="module")
-def submit_args(tiny_model_dir, mrpc_dir):
+def submit_args(tiny_model_dir, mrpc_dir, one_thread_per_rank):
     """`ftlaunch submit` arguments of the matrix's job, writing its run dir below `out`."""
 
     def args(out: Path) -> list[str]:
@@ -157,7 +157,7 @@ def break_the_run(cell: Cell, submit_args, out: Path, faults_dir: Path) -> tuple
             job.kill()
     run_dir = only_run_dir(out)
     wait_for(lambda: not processes_of(run_dir), STOP_LIMIT_S, f"the run's processes to end: {processes_of(run_dir)}")
-    assert reached.exists(), f"the fault point {reached.name} was never reached"
+    assert reached.exists(), f"the fault point {reached.name} was never reached (exit {job.returncode}):\n{output[-4000:]}"
     return run_dir, job.returncode, output, time.time() - json.loads(reached.read_text())["time"]
 
 

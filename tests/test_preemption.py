@@ -23,7 +23,8 @@ FIELDS = {"data.max_train_samples": 96, "train.max_steps": "null", "train.epochs
           "train.save_strategy": "steps", "train.save_steps": 5, "train.save_total_limit": 3}  # fmt: skip
 TOTAL = 24
 
-pytestmark = pytest.mark.e2e  # every test here trains (or reads what a real run trained)
+# every test here trains (or reads what a real run trained); runs are compared bit for bit
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread_per_rank")]
 
 
 def final_state(run_dir: Path) -> tuple[dict, list[float]]:
@@ -33,7 +34,7 @@ def final_state(run_dir: Path) -> tuple[dict, list[float]]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir, mrpc_dir):
+def uninterrupted(tmp_path_factory, tiny_model_dir, mrpc_dir, one_thread_per_rank):
     out = tmp_path_factory.mktemp("uninterrupted") / "runs"
     result = ftlaunch("submit", MRPC_RECIPE, "--local", "--procs-per-node", "2",
                       *local_mrpc_overrides(tiny_model_dir, mrpc_dir, out, **FIELDS))  # fmt: skip
