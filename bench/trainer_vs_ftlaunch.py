@@ -1,80 +1,122 @@
-"""Quality and speed: ftlaunch vs the HF Trainer on real MRPC, same model (MiniLM), same settings
-(3 epochs, batch 8, lr 5e-5, linear schedule, seed 42, dynamic padding), fp32 and bf16.
+"""Speed at equal quality: ftlaunch vs the HF Trainer on real MRPC, same model (MiniLM), the course's
+settings (batch 8, lr 5e-5, linear schedule, no warmup, dynamic padding), run side by side and
+interleaved (Trainer, ftlaunch, Trainer, ftlaunch, ...) so that the machine's noise hits both.
 
-python bench/trainer_vs_ftlaunch.py [--precisions no,bf16] [--epochs 3]
+    python bench/trainer_vs_ftlaunch.py --form short              # 150 optimizer steps each, training time only
+    python bench/trainer_vs_ftlaunch.py --form full --seeds 5      # 3 epochs per seed: metrics and time
+
+--precisions no,bf16 (bf16 only where the CPU has native bf16); --ftlaunch-set key=value adds a
+recipe override to every ftlaunch run (e.g. data.group_by_length=false for the Trainer's batching).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import OFFLINE, RECIPE, REPO, RESULTS, local_sets, newest_run, run_ftlaunch, write_result
+from common import OFFLINE, RECIPE, REPO, local_sets, newest_run, run_ftlaunch, write_result
+
+SHORT_STEPS = 150
+SEEDS = (42, 43, 44, 45, 46)
 
 
-def trainer(precision: str, epochs: float, reuse: bool) -> dict:
-    """The Trainer baseline; with --reuse-trainer, an earlier measurement on this machine is taken."""
-    saved = RESULTS / f"trainer_{precision}_{epochs}ep.json"
-    if reuse and saved.exists():
-        return json.loads(saved.read_text())
-    result = _run_trainer(precision, epochs)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps(result, indent=2) + "\n")
-    return result
-
-
-def _run_trainer(precision: str, epochs: float) -> dict:
+def trainer(precision: str, seed: int, form: str, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "trainer.json"
+        extra = ["--max-steps", str(SHORT_STEPS), "--no-eval"] if form == "short" else ["--epochs", str(epochs)]
         subprocess.run([sys.executable, str(REPO / "bench" / "hf_trainer_baseline.py"), "--precision", precision,
-                        "--epochs", str(epochs), "--out", str(out)], check=True, cwd=REPO / "bench",
-                       env={**__import__("os").environ, **OFFLINE})  # fmt: skip
+                        "--seed", str(seed), "--out", str(out), *extra], check=True, cwd=REPO / "bench",
+                       env={**os.environ, **OFFLINE}, capture_output=True)  # fmt: skip
         return json.loads(out.read_text())
 
 
-def ftlaunch(precision: str, epochs: int, group_by_length: bool) -> dict:
+def ftlaunch(precision: str, seed: int, form: str, epochs: int, sets: dict) -> dict:
+    fields = {"train.precision": precision, "train.seed": seed, "train.logging_steps": 50, **sets}
+    if form == "short":
+        fields.update({"train.max_steps": SHORT_STEPS, "train.eval_strategy": "no", "data.eval_split": "null"})
+    else:
+        fields.update({"train.epochs": epochs})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "runs"
-        _, wall = run_ftlaunch("submit", RECIPE, "--local", *local_sets(
-            out, **{"train.precision": precision, "train.epochs": epochs, "train.logging_steps": 50,
-                    "data.group_by_length": str(group_by_length).lower()}))  # fmt: skip
+        _, wall = run_ftlaunch("submit", RECIPE, "--local", *local_sets(out, **fields))
         results = json.loads((newest_run(out) / "results.json").read_text())
-        metrics = results["final_eval"]["metrics"]
-        return {"train_seconds": results["train_seconds"], "wall_seconds": round(wall, 2),
-                "validation_accuracy": metrics["validation_accuracy"], "validation_f1": metrics["validation_f1"],
-                "steps": results["steps"]}  # fmt: skip
+        metrics = (results.get("final_eval") or {}).get("metrics", {})
+        return {"train_seconds": results["train_seconds"], "wall_seconds": round(wall, 2), "steps": results["steps"],
+                "validation_accuracy": metrics.get("validation_accuracy"), "validation_f1": metrics.get("validation_f1")}  # fmt: skip
+
+
+def cpu() -> dict:
+    sys.path.insert(0, str(REPO))
+    from launcher.cpu import BF16_FLAGS, cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {"model": cpu_model(), "native_bf16": sorted(f for f in BF16_FLAGS if f in flags),
+            "amx": sorted(f for f in flags if f.startswith("amx")), "avx512f": "avx512f" in flags,
+            "cores": len(os.sched_getaffinity(0))}  # fmt: skip
+
+
+def mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--precisions", default="no,bf16")
+    parser.add_argument("--form", choices=["short", "full"], default="short")
+    parser.add_argument("--precisions", default="no")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds (full form: 5; short form: 3 pairs)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--random-batches-for", default="no",
-                        help="precisions for which ftlaunch also runs with random (not length-grouped) batches")
-    parser.add_argument("--reuse-trainer", action="store_true", help="reuse Trainer results measured earlier here")
+    parser.add_argument("--ftlaunch-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", default=None, help="results file name (default trainer_vs_ftlaunch_<form>)")
     args = parser.parse_args()
+    sets = dict(item.split("=", 1) for item in args.ftlaunch_set)
+    seeds = SEEDS[: args.seeds or (5 if args.form == "full" else 3)]
+    machine_cpu = cpu()
     rows = []
     for precision in args.precisions.split(","):
-        hf = trainer(precision, args.epochs, args.reuse_trainer)
-        for grouped in (True, False) if precision in args.random_batches_for.split(",") else (True,):
-            ours = ftlaunch(precision, args.epochs, grouped)
-            rows.append({"precision": precision, "group_by_length": grouped, "trainer": hf, "ftlaunch": ours,
-                         "speedup": round(hf["train_seconds"] / ours["train_seconds"], 3)})  # fmt: skip
-    lines = ["| precision | ftlaunch batching | Trainer acc / F1 | ftlaunch acc / F1 | Trainer train s | ftlaunch train s | speed-up |",
+        if precision == "bf16" and not machine_cpu["native_bf16"]:
+            print("bf16 skipped: this CPU has no native bf16", file=sys.stderr)
+            continue
+        pairs = []
+        for seed in seeds:  # A B A B: each pair runs back to back
+            hf = trainer(precision, seed, args.form, args.epochs)
+            ours = ftlaunch(precision, seed, args.form, args.epochs, sets)
+            pairs.append({"seed": seed, "trainer": hf, "ftlaunch": ours,
+                          "speedup": round(hf["train_seconds"] / ours["train_seconds"], 3)})  # fmt: skip
+            print(json.dumps(pairs[-1]), flush=True)
+        rows.append({"precision": precision, "pairs": pairs})
+    form = (f"short ({SHORT_STEPS} optimizer steps, no evaluation)" if args.form == "short"
+            else f"full ({args.epochs} epochs, evaluation every epoch)")  # fmt: skip
+    lines = [f"CPU: {machine_cpu['model']}, {machine_cpu['cores']} cores; native bf16 flags: "
+             f"{', '.join(machine_cpu['native_bf16']) or 'none'}; AMX: {', '.join(machine_cpu['amx']) or 'none'}. "
+             f"Form: {form}. ftlaunch overrides: {sets or 'none'}.", "",
+             "| precision | seeds | Trainer train s | ftlaunch train s | speed-up (median, min-max) | Trainer acc / F1 | ftlaunch acc / F1 |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
-        hf, ours = row["trainer"], row["ftlaunch"]
+        pairs = row["pairs"]
+        speedups = [p["speedup"] for p in pairs]
+        quality = {}
+        for side in ("trainer", "ftlaunch"):
+            acc = [p[side]["validation_accuracy"] for p in pairs if p[side]["validation_accuracy"] is not None]
+            f1 = [p[side]["validation_f1"] for p in pairs if p[side]["validation_f1"] is not None]
+            quality[side] = f"{mean_spread(acc)} / {mean_spread(f1)}" if acc else "-"
         lines.append(
-            f"| {row['precision']} | {'length-grouped' if row['group_by_length'] else 'random'} "
-            f"| {100 * hf['validation_accuracy']:.2f} / {100 * hf['validation_f1']:.2f} "
-            f"| {100 * ours['validation_accuracy']:.2f} / {100 * ours['validation_f1']:.2f} "
-            f"| {hf['train_seconds']:.1f} | {ours['train_seconds']:.1f} | {row['speedup']:.2f}x |"
+            f"| {'fp32' if row['precision'] == 'no' else row['precision']} | {len(pairs)} "
+            f"| {statistics.median(p['trainer']['train_seconds'] for p in pairs):.1f} "
+            f"| {statistics.median(p['ftlaunch']['train_seconds'] for p in pairs):.1f} "
+            f"| {statistics.median(speedups):.2f}x ({min(speedups):.2f}-{max(speedups):.2f}) "
+            f"| {quality['trainer']} | {quality['ftlaunch']} |"
         )
-    write_result("trainer_vs_ftlaunch", {"epochs": args.epochs, "rows": rows}, "\n".join(lines))
+    payload = {"form": args.form, "epochs": args.epochs, "short_steps": SHORT_STEPS, "ftlaunch_sets": sets,
+               "cpu": machine_cpu, "rows": rows}  # fmt: skip
+    write_result(args.name or f"trainer_vs_ftlaunch_{args.form}", payload, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def loaders_for(recipe, accelerator):
     from launcher.train.data import build_loaders
     from launcher.train.model import load_tokenizer
 
-    return build_loaders(recipe, load_tokenizer(recipe), accelerator, world_size=1, eval_batch_size=16)
+    return build_loaders(recipe, load_tokenizer(recipe), accelerator, global_batch=8, eval_batch_size=16)
 
 
 def test_dynamic_padding_pads_each_batch_to_its_longest_row(tiny_model_dir, mrpc_dir, accelerator):
@@ -104,3 +104,29 @@ def test_length_grouping_cuts_padding_and_reshuffles_per_epoch(tiny_model_dir, m
     assert list(sampler) == first  # same epoch, same order (every rank agrees)
     sampler.set_epoch(1)
     assert list(sampler) != first and sorted(sampler) == sorted(first)
+
+
+def test_windowed_length_order_groups_within_windows_only():
+    import torch
+
+    from launcher.train.data import windowed_length_order
+
+    lengths = [(i * 37) % 101 + 5 for i in range(203)]  # 203 rows: 25 batches of 8 and a short one of 3
+    batch, window = 8, 4
+    order = windowed_length_order(lengths, batch, window, torch.Generator().manual_seed(3))
+    assert sorted(order) == list(range(203))
+    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+    assert [len(b) for b in batches] == [8] * 25 + [3]  # the short batch is the last one
+    shuffled = torch.randperm(203, generator=torch.Generator().manual_seed(3)).tolist()
+    span = batch * window
+    for number, rows in enumerate(batches):
+        window_rows = set(shuffled[(number // window) * span : (number // window + 1) * span])
+        assert set(rows) <= window_rows, f"batch {number} mixes windows"
+    # inside a window the batches split the window's length order: no two batches overlap in length range
+    for first in range(0, len(batches) - 1, window):
+        ranges = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches[first : first + window])
+        assert all(low[1] <= high[0] for low, high in zip(ranges, ranges[1:])), ranges
+    again = windowed_length_order(lengths, batch, window, torch.Generator().manual_seed(3))
+    assert again == order
+    assert windowed_length_order(lengths, batch, window, torch.Generator().manual_seed(4)) != order
+

@@ -69,6 +69,10 @@ class DataSpec(Section):
     group_by_length: bool = Field(
         False, description="batch training rows of similar length together (less padding); reshuffled every epoch"
     )
+    length_window: int = Field(
+        8, ge=1, description="with group_by_length: sort rows by length within windows of this many global "
+        "batches of a shuffle (small: batches stay random; large: less padding)",
+    )
     max_train_samples: int | None = Field(None, ge=1, description="use only the first N training rows")
     max_eval_samples: int | None = Field(None, ge=1, description="use only the first N evaluation rows")
     cache_dir: NonEmptyStr | None = Field(None, description="datasets cache dir (default: HF_DATASETS_CACHE)")

@@ -73,13 +73,36 @@ def collator(recipe: Recipe, tokenizer):
     return DataCollatorWithPadding(tokenizer, padding="longest", pad_to_multiple_of=data.pad_to_multiple_of)
 
 
-class EpochLengthGroupedSampler(torch.utils.data.Sampler):
-    """transformers' LengthGroupedSampler (batches of similar length, random order), reseeded per epoch
-    so every rank draws the same order and an epoch can be replayed exactly on resume."""
+def windowed_length_order(lengths: list[int], batch: int, window: int, generator: torch.Generator) -> list[int]:
+    """One epoch's row order: shuffled, then inside each window of `window` batches the rows are sorted
+    by length and cut into batches, whose order within the window is shuffled again. A batch holds
+    rows of similar length (little padding), while which rows can meet is as random as the shuffle
+    within one window (transformers' grouping sorts ~50 batches at once, which makes batches far less
+    random). A short last batch stays last, so every batch boundary before it is a full batch."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    grouped: list[int] = []
+    span = batch * window
+    for start in range(0, len(order), span):
+        rows = sorted(order[start : start + span], key=lambda i: -lengths[i])
+        chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
+        tail = [chunks.pop()] if len(chunks[-1]) < batch else []
+        for k in torch.randperm(len(chunks), generator=generator).tolist():
+            grouped.extend(chunks[k])
+        for chunk in tail:
+            grouped.extend(chunk)
+    return grouped
 
-    def __init__(self, lengths: list[int], group_size: int, seed: int):
+
+class EpochLengthGroupedSampler(torch.utils.data.Sampler):
+    """Rows of similar length in the same optimizer step (windowed_length_order), reseeded per epoch so
+    every rank draws the same order and an epoch can be replayed exactly on resume. `batch` is the
+    rows of one optimizer step over all ranks: accelerate deals its consecutive micro-batches to the
+    ranks (and to accumulation), so the rows of a step are the same on any layout of that global batch."""
+
+    def __init__(self, lengths: list[int], batch: int, window: int, seed: int):
         self.lengths = lengths
-        self.group_size = group_size
+        self.batch = batch
+        self.window = window
         self.seed = seed
         self.epoch = 0
 
@@ -90,13 +113,12 @@ class EpochLengthGroupedSampler(torch.utils.data.Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.group_size, generator=generator))
+        return iter(windowed_length_order(self.lengths, self.batch, self.window, generator))
 
 
-def build_loaders(recipe: Recipe, tokenizer, accelerator, world_size: int, eval_batch_size: int) -> Loaders:
+def build_loaders(recipe: Recipe, tokenizer, accelerator, global_batch: int, eval_batch_size: int) -> Loaders:
+    """`global_batch`: training rows per optimizer step over all ranks (the unit of length grouping)."""
     data, train = recipe.data, recipe.train
     # Tokenize once: the global main process fills the datasets cache first, then each node's local main
     # (a node-local cache is filled once per node), then everyone else reads the cache. No rank races.
@@ -116,7 +138,7 @@ def build_loaders(recipe: Recipe, tokenizer, accelerator, world_size: int, eval_
     generator = torch.Generator().manual_seed(train.seed)
     if data.group_by_length and data.padding == "dynamic":
         lengths = [len(ids) for ids in train_set["input_ids"]]
-        sampler = EpochLengthGroupedSampler(lengths, train.per_device_batch_size * world_size, train.seed)
+        sampler = EpochLengthGroupedSampler(lengths, global_batch, data.length_window, train.seed)
         train_loader = DataLoader(
             train_set, batch_size=train.per_device_batch_size, sampler=sampler, generator=generator, collate_fn=collate
         )
