@@ -68,11 +68,21 @@ def median_spread(values: list[float]) -> dict:
             "runs": [round(v, 4) for v in values]}  # fmt: skip
 
 
+def cpu() -> dict:
+    """The CPU's model and what decides bf16 speed (native bf16 flags, AMX): every result records it."""
+    from launcher.cpu import BF16_FLAGS, cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    return {"model": cpu_model(), "native_bf16": sorted(f for f in BF16_FLAGS if f in flags),
+            "amx": sorted(f for f in flags if f.startswith("amx")), "avx512f": "avx512f" in flags,
+            "cores": len(os.sched_getaffinity(0))}  # fmt: skip
+
+
 def machine() -> dict:
     import torch
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    return {"cpu": cpu(), "python": platform.python_version(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
 def write_result(name: str, payload: dict, table: str) -> None:

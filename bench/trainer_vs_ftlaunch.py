@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import OFFLINE, RECIPE, REPO, local_sets, newest_run, run_ftlaunch, write_result
+from common import OFFLINE, RECIPE, REPO, cpu, local_sets, newest_run, run_ftlaunch, write_result
 
 SHORT_STEPS = 150
 SEEDS = (42, 43, 44, 45, 46)
@@ -49,16 +49,6 @@ def ftlaunch(precision: str, seed: int, form: str, epochs: int, sets: dict) -> d
         metrics = (results.get("final_eval") or {}).get("metrics", {})
         return {"train_seconds": results["train_seconds"], "wall_seconds": round(wall, 2), "steps": results["steps"],
                 "validation_accuracy": metrics.get("validation_accuracy"), "validation_f1": metrics.get("validation_f1")}  # fmt: skip
-
-
-def cpu() -> dict:
-    sys.path.insert(0, str(REPO))
-    from launcher.cpu import BF16_FLAGS, cpu_flags, cpu_model
-
-    flags = cpu_flags()
-    return {"model": cpu_model(), "native_bf16": sorted(f for f in BF16_FLAGS if f in flags),
-            "amx": sorted(f for f in flags if f.startswith("amx")), "avx512f": "avx512f" in flags,
-            "cores": len(os.sched_getaffinity(0))}  # fmt: skip
 
 
 def mean_spread(values: list[float]) -> str:
@@ -114,8 +104,7 @@ def main() -> None:
             f"| {statistics.median(speedups):.2f}x ({min(speedups):.2f}-{max(speedups):.2f}) "
             f"| {quality['trainer']} | {quality['ftlaunch']} |"
         )
-    payload = {"form": args.form, "epochs": args.epochs, "short_steps": SHORT_STEPS, "ftlaunch_sets": sets,
-               "cpu": machine_cpu, "rows": rows}  # fmt: skip
+    payload = {"form": args.form, "epochs": args.epochs, "short_steps": SHORT_STEPS, "ftlaunch_sets": sets, "rows": rows}
     write_result(args.name or f"trainer_vs_ftlaunch_{args.form}", payload, "\n".join(lines))
 
 

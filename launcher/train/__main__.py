@@ -84,8 +84,7 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
 
     # --- data + model
     tokenizer = load_tokenizer(recipe)
-    global_batch = recipe.train.per_device_batch_size * plan.world_size * recipe.train.gradient_accumulation_steps
-    loaders = build_loaders(recipe, tokenizer, accelerator, global_batch, plan.eval_batch_size)
+    loaders = build_loaders(recipe, tokenizer, accelerator, plan.effective_batch_size, plan.eval_batch_size)
     model = load_model(recipe)
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -85,11 +85,10 @@ def windowed_length_order(lengths: list[int], batch: int, window: int, generator
     for start in range(0, len(order), span):
         rows = sorted(order[start : start + span], key=lambda i: -lengths[i])
         chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
-        tail = [chunks.pop()] if len(chunks[-1]) < batch else []
+        tail = chunks.pop() if len(chunks[-1]) < batch else []
         for k in torch.randperm(len(chunks), generator=generator).tolist():
             grouped.extend(chunks[k])
-        for chunk in tail:
-            grouped.extend(chunk)
+        grouped.extend(tail)
     return grouped
 
 
