@@ -42,10 +42,10 @@ def local_sets(output_dir: Path, **fields) -> list[str]:
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
-def run_ftlaunch(*args, timeout: float = 7200) -> tuple[subprocess.CompletedProcess, float]:
+def run_ftlaunch(*args, timeout: float = 7200, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "launcher", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout, env={**os.environ, **OFFLINE}, cwd=REPO)  # fmt: skip
+                            timeout=timeout, env={**os.environ, **OFFLINE, **(env or {})}, cwd=REPO)  # fmt: skip
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"ftlaunch {' '.join(map(str, args))[:200]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

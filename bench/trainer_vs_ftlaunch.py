@@ -7,6 +7,9 @@ interleaved (Trainer, ftlaunch, Trainer, ftlaunch, ...) so that the machine's no
 
 --precisions no,bf16 (bf16 only where the CPU has native bf16); --ftlaunch-set key=value adds a
 recipe override to every ftlaunch run (e.g. data.group_by_length=false for the Trainer's batching).
+--variant NAME:KEY=VALUE,... adds an ftlaunch run with those overrides to every pair (what one change
+buys, interleaved with the rest); a KEY of env.NAME sets an environment variable instead, e.g.
+--variant no-malloc-tuning:env.FTL_KEEP_FREED_MEMORY=0 --variant mkl-linear:train.cpu_linear=aten.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def trainer(precision: str, seed: int, form: str, epochs: int) -> dict:
 
 
 def ftlaunch(precision: str, seed: int, form: str, epochs: int, sets: dict) -> dict:
+    env = {key[4:]: value for key, value in sets.items() if key.startswith("env.")}
+    sets = {key: value for key, value in sets.items() if not key.startswith("env.")}
     fields = {"train.precision": precision, "train.seed": seed, "train.logging_steps": 50, **sets}
     if form == "short":
         fields.update({"train.max_steps": SHORT_STEPS, "train.eval_strategy": "no", "data.eval_split": "null"})
@@ -44,7 +49,7 @@ def ftlaunch(precision: str, seed: int, form: str, epochs: int, sets: dict) -> d
         fields.update({"train.epochs": epochs})
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "runs"
-        _, wall = run_ftlaunch("submit", RECIPE, "--local", *local_sets(out, **fields))
+        _, wall = run_ftlaunch("submit", RECIPE, "--local", *local_sets(out, **fields), env=env)
         results = json.loads((newest_run(out) / "results.json").read_text())
         metrics = (results.get("final_eval") or {}).get("metrics", {})
         return {"train_seconds": results["train_seconds"], "wall_seconds": round(wall, 2), "steps": results["steps"],
@@ -64,9 +69,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds (full form: 5; short form: 3 pairs)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--ftlaunch-set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...")
     parser.add_argument("--name", default=None, help="results file name (default trainer_vs_ftlaunch_<form>)")
     args = parser.parse_args()
     sets = dict(item.split("=", 1) for item in args.ftlaunch_set)
+    variants = {}
+    for item in args.variant:
+        name, _, overrides = item.partition(":")
+        variants[name] = {**sets, **dict(pair.split("=", 1) for pair in overrides.split(","))}
     seeds = SEEDS[: args.seeds or (5 if args.form == "full" else 3)]
     machine_cpu = cpu()
     rows = []
@@ -80,13 +90,16 @@ def main() -> None:
             ours = ftlaunch(precision, seed, args.form, args.epochs, sets)
             pairs.append({"seed": seed, "trainer": hf, "ftlaunch": ours,
                           "speedup": round(hf["train_seconds"] / ours["train_seconds"], 3)})  # fmt: skip
+            for name, variant_sets in variants.items():
+                other = ftlaunch(precision, seed, args.form, args.epochs, variant_sets)
+                pairs[-1][name] = {**other, "speedup": round(hf["train_seconds"] / other["train_seconds"], 3)}
             print(json.dumps(pairs[-1]), flush=True)
         rows.append({"precision": precision, "pairs": pairs})
     form = (f"short ({SHORT_STEPS} optimizer steps, no evaluation)" if args.form == "short"
             else f"full ({args.epochs} epochs, evaluation every epoch)")  # fmt: skip
     lines = [f"CPU: {machine_cpu['model']}, {machine_cpu['cores']} cores; native bf16 flags: "
              f"{', '.join(machine_cpu['native_bf16']) or 'none'}; AMX: {', '.join(machine_cpu['amx']) or 'none'}. "
-             f"Form: {form}. ftlaunch overrides: {sets or 'none'}.", "",
+             f"Form: {form}. ftlaunch overrides: {sets or 'none'}; variants: {variants or 'none'}.", "",
              "| precision | seeds | Trainer train s | ftlaunch train s | speed-up (median, min-max) | Trainer acc / F1 | ftlaunch acc / F1 |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
@@ -104,7 +117,12 @@ def main() -> None:
             f"| {statistics.median(speedups):.2f}x ({min(speedups):.2f}-{max(speedups):.2f}) "
             f"| {quality['trainer']} | {quality['ftlaunch']} |"
         )
-    payload = {"form": args.form, "epochs": args.epochs, "short_steps": SHORT_STEPS, "ftlaunch_sets": sets, "rows": rows}
+        for name in variants:
+            runs = [p[name] for p in pairs]
+            lines.append(f"| ... variant {name} | {len(runs)} | | {statistics.median(r['train_seconds'] for r in runs):.1f} "
+                         f"| {statistics.median(r['speedup'] for r in runs):.2f}x "
+                         f"({min(r['speedup'] for r in runs):.2f}-{max(r['speedup'] for r in runs):.2f}) | | |")
+    payload = {"form": args.form, "variants": variants, "epochs": args.epochs, "short_steps": SHORT_STEPS, "ftlaunch_sets": sets, "rows": rows}
     write_result(args.name or f"trainer_vs_ftlaunch_{args.form}", payload, "\n".join(lines))
 
 

@@ -14,30 +14,31 @@ CPUINFO_ENV = "FTL_CPUINFO"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo_value(*keys: str) -> str | None:
+    """The first processor's value for the first of `keys` that /proc/cpuinfo has."""
     path = Path(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 / ARM
-            return set(value.split())
-    return set()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo_value("flags", "Features") or "").split())  # x86 / ARM
 
 
 def cpu_model() -> str:
-    path = Path(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "unknown"
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            return value.strip()
-    return "unknown"
+    return _cpuinfo_value("model name") or "unknown"
+
+
+def cpu_vendor() -> str:
+    """GenuineIntel, AuthenticAMD, ...; empty where unknown (ARM, not Linux)."""
+    return _cpuinfo_value("vendor_id") or ""
 
 
 def native_bf16() -> bool | None:

@@ -86,6 +86,8 @@ def test_two_local_nodes_train_synchronised_ranks(two_node_run):
     setups = read_records(two_node_run, "setup")
     assert sorted((r["rank"], r["node"]) for r in setups) == [(0, 0), (1, 1)]
     assert {r["world_size"] for r in setups} == {2}
+    # fp32 on CPU: oneDNN's linear kernels where MKL runs slow ones (not Intel), freed memory kept for reuse
+    assert {(r["cpu_linear"], r["kept_freed_memory"]) for r in setups} == {(expected_cpu_linear(), True)}
     train = read_records(two_node_run, "train")
     by_step: dict[int, dict[int, float]] = {}
     for record in train:
@@ -110,6 +112,30 @@ def test_one_node_two_processes_gives_the_same_result_as_two_nodes(tmp_path, tin
     assert final_eval(run_dir)["metrics"] == final_eval(two_node_run)["metrics"]
     checksums = lambda run: [(r["step"], r["rank"], r["param_checksum"]) for r in read_records(run, "train")]  # noqa: E731
     assert sorted(checksums(run_dir)) == sorted(checksums(two_node_run))
+
+
+def expected_cpu_linear() -> str:
+    from launcher.train.cpu_kernels import choose_cpu_linear
+
+    return choose_cpu_linear("auto", "cpu", "no", "ddp")
+
+
+def test_onednn_and_mkl_linear_layers_train_to_the_same_model(tmp_path, tiny_model_dir, mrpc_dir, two_node_run):
+    """Forced to the other kernels than two_node_run's, the same job ends at the same metrics and
+    nearly the same parameters: only the order of fp32 sums differs."""
+    other = "aten" if expected_cpu_linear() == "onednn" else "onednn"
+    result, run_dir = submit_local(tmp_path, tiny_model_dir, mrpc_dir, "--nodes", "2", **{"train.cpu_linear": other})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {r["cpu_linear"] for r in read_records(run_dir, "setup")} == {other}
+    ours, theirs = final_eval(run_dir)["metrics"], final_eval(two_node_run)["metrics"]
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name] == pytest.approx(theirs[name], abs=1e-3), name
+    checksums = lambda run: {(r["step"], r["rank"]): r["param_checksum"] for r in read_records(run, "train")}  # noqa: E731
+    mine, reference = checksums(run_dir), checksums(two_node_run)
+    assert mine.keys() == reference.keys()
+    for key in mine:
+        assert mine[key] == pytest.approx(reference[key], rel=1e-5), key
 
 
 def test_gradient_accumulation_and_schedule_follow_the_plan_in_mixed_precision(tmp_path, tiny_model_dir, mrpc_dir):

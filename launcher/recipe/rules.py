@@ -110,6 +110,11 @@ def _train(recipe: Recipe) -> Iterator[Problem]:
         yield "train.save_steps", f"save_steps is only used with save_strategy: steps (it is {train.save_strategy!r})"
     if len(set(train.report_to)) != len(train.report_to):
         yield "train.report_to", "a tracker is listed twice"
+    if train.cpu_linear == "onednn" and train.precision != "no":
+        yield "train.cpu_linear", (f"onednn applies to fp32 (precision: no); with {train.precision} autocast picks "
+                                   "the kernels: use auto")  # fmt: skip
+    if train.cpu_linear == "onednn" and recipe.distributed.backend != "ddp":
+        yield "train.cpu_linear", "onednn applies under distributed.backend: ddp (DeepSpeed runs its own linear layers)"
 
 
 def _metrics(recipe: Recipe) -> Iterator[Problem]:

@@ -93,6 +93,10 @@ class TrainSpec(Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null disables it")
     seed: int = Field(42, ge=0, description="seeds model init, shuffling and dropout on every rank")
     precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
+    cpu_linear: Literal["auto", "onednn", "aten"] = Field(
+        "auto", description="fp32 on CPU: linear layers through oneDNN or torch's default BLAS (MKL); "
+        "auto: oneDNN on CPUs that are not Intel's, where MKL skips its fast kernels",
+    )
     eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to evaluate (always also at the end)")
     eval_steps: int | None = Field(None, ge=1, description="with eval_strategy: steps")
     save_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to write a checkpoint")

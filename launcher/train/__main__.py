@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m launcher.train RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0]).resolve()
+    from launcher.train.memory import keep_freed_memory
+
+    kept_freed_memory = keep_freed_memory()  # before torch allocates anything
 
     from launcher.plan import Plan
     from launcher.recipe import load_resolved
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.install()
     try:
         with rank_status(run_dir, who):
-            train(run_dir, recipe, plan, who, stop)
+            train(run_dir, recipe, plan, who, stop, kept_freed_memory)
     except BaseException as exc:  # noqa: BLE001
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         if not isinstance(exc, SystemExit):
@@ -57,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train(run_dir: Path, recipe, plan, who, stop) -> None:
+def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> None:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from launcher.rundir.checkpoints import latest_valid
     from launcher.rundir.status import clear_requeue_marker, write_requeue_marker
     from launcher.train.checkpoint import Checkpointer, recipe_fingerprint, start_position
+    from launcher.train.cpu_kernels import route_linears_to_onednn
     from launcher.train.data import build_loaders
     from launcher.train.loop import Trainer
     from launcher.train.model import load_model, load_tokenizer
@@ -86,6 +90,9 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
     tokenizer = load_tokenizer(recipe)
     loaders = build_loaders(recipe, tokenizer, accelerator, plan.effective_batch_size, plan.eval_batch_size)
     model = load_model(recipe)
+    cpu_linear = cpu_linear_for(recipe, plan)
+    if cpu_linear == "onednn":
+        route_linears_to_onednn(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
@@ -115,7 +122,7 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
         distributed_type=str(accelerator.distributed_type), mixed_precision=accelerator.mixed_precision,
         train_rows=loaders.train_rows, eval_rows=loaders.eval_rows, micro_batches_per_epoch=len(loaders.train),
         steps_per_epoch=steps.steps_per_epoch, epochs=steps.epochs, total_steps=steps.total_steps,
-        warmup_steps=steps.warmup_steps,
+        warmup_steps=steps.warmup_steps, cpu_linear=cpu_linear, kept_freed_memory=kept_freed_memory,
     )  # fmt: skip
 
     # --- resume from the newest valid checkpoint, if this run has one (requeue, --resume)
@@ -181,6 +188,16 @@ def train(run_dir: Path, recipe, plan, who, stop) -> None:
         print(f"[train] model saved to {run_dir / MODEL_DIR}", flush=True)
     accelerator.end_training()
     records.close()
+
+
+def cpu_linear_for(recipe, plan) -> str:
+    from launcher.train.cpu_kernels import choose_cpu_linear
+    from launcher.train.setup import SetupError
+
+    try:
+        return choose_cpu_linear(recipe.train.cpu_linear, plan.device, plan.precision, plan.backend)
+    except RuntimeError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def schedule_for(plan, loader_length: int, recipe):
