@@ -70,10 +70,10 @@ def median_spread(values: list[float]) -> dict:
 
 def cpu() -> dict:
     """The CPU's model and what decides bf16 speed (native bf16 flags, AMX): every result records it."""
-    from launcher.cpu import BF16_FLAGS, cpu_flags, cpu_model
+    from launcher.cpu import BF16_FLAGS, cpu_flags, cpu_model, cpu_vendor
 
     flags = cpu_flags()
-    return {"model": cpu_model(), "native_bf16": sorted(f for f in BF16_FLAGS if f in flags),
+    return {"model": cpu_model(), "vendor": cpu_vendor(), "native_bf16": sorted(f for f in BF16_FLAGS if f in flags),
             "amx": sorted(f for f in flags if f.startswith("amx")), "avx512f": "avx512f" in flags,
             "cores": len(os.sched_getaffinity(0))}  # fmt: skip
 

@@ -41,6 +41,21 @@ def test_onednn_linear_matches_torch_in_value_and_gradients(bias: bool, shape: t
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
+def test_onednn_linear_sees_weights_the_optimizer_changed_in_place():
+    """oneDNN may cache packed weights: after an in-place update (what every optimizer step does) the
+    layer must compute with the new values, not a stale copy."""
+    gen = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(16, 32, generator=gen), torch.randn(48, 32, generator=gen), torch.randn(48, generator=gen)
+    before = OneDNNLinear.apply(x, weight, bias)
+    with torch.no_grad():
+        weight.add_(0.5)
+        bias.mul_(-1)
+    after = OneDNNLinear.apply(x, weight, bias)
+    torch.testing.assert_close(after, torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
+
+
 def tiny_bert():
     from transformers import BertConfig, BertForSequenceClassification
 
