@@ -25,7 +25,7 @@ def main() -> None:
     from datasets import load_dataset
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)  # fmt: skip
+                              TrainingArguments, set_seed)  # fmt: skip
 
     from common import minilm_dir, mrpc_dir
 
@@ -34,6 +34,9 @@ def main() -> None:
     raw = load_dataset("json", data_files={"train": str(data / "train.jsonl"), "validation": str(data / "validation.jsonl")})
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     tokenized = raw.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], truncation=True, max_length=128), batched=True)
+    # TrainingArguments.seed is applied inside Trainer, after this model exists: without seeding here the new
+    # classifier head is drawn from an unseeded generator and "seed 42" gives a different model on every run.
+    set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
 
     def metrics(pred):
