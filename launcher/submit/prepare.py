@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from launcher.submit.envrecord import render_env_record
 from launcher.submit.preflight import SlurmQuery
 from launcher.hfcache import hf_cache_env
 from launcher.submit.script import script_files
+
+LISTEN_PORT_FLOOR = 10000  # below: well-known and registered services
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,32 @@ def _recipe_header(recipe_path: str | None, overrides: list[Override]) -> str:
 
 
 def free_port_pair() -> int:
-    """An even port P with P and P+1 free right now (rendezvous + join check), for local runs."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1] & ~1
-        if port >= 1024 and _free(port) and _free(port + 1):
+    """An even port P with P and P+1 free right now (rendezvous + join check), for local runs.
+
+    Drawn below the kernel's ephemeral range, never from bind(0): an ephemeral port can be taken,
+    between this check and the rendezvous' own bind, as the local end of any outgoing connection on
+    the host (the ranks' gloo connections included), and the rendezvous then fails with EADDRINUSE.
+    """
+    low, high = listen_port_range()
+    draw = random.Random()  # its own generator: a seeded global `random` must not pick the same port twice
+    for _ in range(200):
+        port = draw.randrange(low + low % 2, high, 2)  # even, and port + 1 <= high
+        if _free(port) and _free(port + 1):
             return port
-    raise OSError("no free local port pair found")
+    raise OSError(f"no free local port pair found in {low}-{high}")
+
+
+def listen_port_range(proc_file: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """Ports a listener can hold without racing outgoing connections: outside the ephemeral range."""
+    try:
+        ephemeral_low, ephemeral_high = (int(field) for field in proc_file.read_text().split())
+    except (OSError, ValueError):
+        ephemeral_low, ephemeral_high = 32768, 60999  # Linux's default
+    if ephemeral_low - 1 - LISTEN_PORT_FLOOR >= 1000:
+        return LISTEN_PORT_FLOOR, ephemeral_low - 1
+    if 65535 - ephemeral_high - 1 >= 1000:
+        return ephemeral_high + 1, 65535
+    return LISTEN_PORT_FLOOR, 65535  # no room outside it: the free-port check is all there is
 
 
 def _free(port: int) -> bool:
