@@ -28,13 +28,11 @@ VARIANTS = {  # name: (keep freed memory, oneDNN linear)
 }
 
 STEP = """
-import json, os, resource, sys, time
+import json, resource, sys, time
 keep, onednn, model_dir, steps = sys.argv[1] == "1", sys.argv[2] == "1", sys.argv[3], int(sys.argv[4])
-if keep:
+if keep:  # before torch starts, as each rank does; otherwise glibc's and torch's defaults
     from launcher.train.memory import keep_freed_memory
     assert keep_freed_memory()
-else:
-    os.environ["FTL_KEEP_FREED_MEMORY"] = "0"
 import torch
 from transformers import AutoModelForSequenceClassification
 from launcher.train.cpu_kernels import route_linears_to_onednn
