@@ -15,6 +15,8 @@ import pytest
 
 from ftl_support import HOST_PRECISION, MRPC_RECIPE, REPO, ftlaunch, local_mrpc_overrides, only_run_dir, read_records
 
+from launcher.train.cpu_dropout import ATTENTION_NAME
+
 pytestmark = pytest.mark.e2e
 
 
@@ -88,6 +90,8 @@ def test_two_local_nodes_train_synchronised_ranks(two_node_run):
     assert {r["world_size"] for r in setups} == {2}
     # fp32 on CPU: oneDNN's linear kernels where MKL runs slow ones (not Intel), freed memory kept for reuse
     assert {(r["cpu_linear"], r["kept_freed_memory"]) for r in setups} == {(expected_cpu_linear(), True)}
+    # dropout masks drawn by numpy, attention probabilities included (launcher.train.cpu_dropout)
+    assert {(r["cpu_dropout"], r["attention"]) for r in setups} == {("numpy", ATTENTION_NAME)}
     train = read_records(two_node_run, "train")
     by_step: dict[int, dict[int, float]] = {}
     for record in train:
@@ -112,6 +116,17 @@ def test_one_node_two_processes_gives_the_same_result_as_two_nodes(tmp_path, tin
     assert final_eval(run_dir)["metrics"] == final_eval(two_node_run)["metrics"]
     checksums = lambda run: [(r["step"], r["rank"], r["param_checksum"]) for r in read_records(run, "train")]  # noqa: E731
     assert sorted(checksums(run_dir)) == sorted(checksums(two_node_run))
+
+
+def test_torch_dropout_masks_on_request(tmp_path, tiny_model_dir, mrpc_dir, two_node_run):
+    """train.cpu_dropout: torch keeps torch's Bernoulli kernel and SDPA: the same job trains as well, on
+    other masks (so other parameters)."""
+    result, run_dir = submit_local(tmp_path, tiny_model_dir, mrpc_dir, "--nodes", "2", **{"train.cpu_dropout": "torch"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {(r["cpu_dropout"], r["attention"]) for r in read_records(run_dir, "setup")} == {("torch", "sdpa")}
+    last = lambda run: max(read_records(run, "train"), key=lambda r: r["step"])  # noqa: E731
+    assert last(run_dir)["step"] == last(two_node_run)["step"]
+    assert last(run_dir)["param_checksum"] != last(two_node_run)["param_checksum"]
 
 
 def expected_cpu_linear() -> str:

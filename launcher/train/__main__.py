@@ -67,6 +67,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     from launcher.rundir.checkpoints import latest_valid
     from launcher.rundir.status import clear_requeue_marker, write_requeue_marker
     from launcher.train.checkpoint import Checkpointer, recipe_fingerprint, start_position
+    from launcher.train.cpu_dropout import choose_cpu_dropout, use_numpy_dropout
     from launcher.train.cpu_kernels import route_linears_to_onednn
     from launcher.train.data import build_loaders
     from launcher.train.loop import Trainer
@@ -93,6 +94,8 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     cpu_linear = cpu_linear_for(recipe, plan)
     if cpu_linear == "onednn":
         route_linears_to_onednn(model)
+    cpu_dropout = choose_cpu_dropout(recipe.train.cpu_dropout, plan.device)
+    attention = use_numpy_dropout(model)["attention"] if cpu_dropout == "numpy" else model.config._attn_implementation
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
@@ -123,6 +126,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
         train_rows=loaders.train_rows, eval_rows=loaders.eval_rows, micro_batches_per_epoch=len(loaders.train),
         steps_per_epoch=steps.steps_per_epoch, epochs=steps.epochs, total_steps=steps.total_steps,
         warmup_steps=steps.warmup_steps, cpu_linear=cpu_linear, kept_freed_memory=kept_freed_memory,
+        cpu_dropout=cpu_dropout, attention=attention,
     )  # fmt: skip
 
     # --- resume from the newest valid checkpoint, if this run has one (requeue, --resume)
