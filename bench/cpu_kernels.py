@@ -1,6 +1,6 @@
-"""What an fp32 CPU step spends beyond the model's math, and what ftlaunch's two fixes buy.
+"""What an fp32 CPU step spends beyond the model's math, and what ftlaunch's three fixes buy.
 
-    python bench/cpu_kernels.py          # ~4 min: GEMM throughput, then MiniLM steps x 4 variants x 3 rounds
+    python bench/cpu_kernels.py          # ~5 min: GEMM throughput, then MiniLM steps x 5 variants x 3 rounds
 
 1. GEMM GFLOP/s on MiniLM's linear shapes (512 tokens = batch 8 x 64): torch's default (MKL's sgemm),
    oneDNN (what train.cpu_linear=onednn runs) and numpy's OpenBLAS, same matrices, same threads.
@@ -20,26 +20,31 @@ import time
 
 from common import REPO, minilm_dir, write_result
 
-VARIANTS = {  # name: (keep freed memory, oneDNN linear)
-    "torch defaults": (False, False),
-    "memory kept": (True, False),
-    "oneDNN linear": (False, True),
-    "both (ftlaunch)": (True, True),
+VARIANTS = {  # name: (keep freed memory, oneDNN linear, numpy dropout masks)
+    "torch defaults": (False, False, False),
+    "memory kept": (True, False, False),
+    "oneDNN linear": (False, True, False),
+    "numpy dropout": (False, False, True),
+    "all three (ftlaunch)": (True, True, True),
 }
 
 STEP = """
 import json, resource, sys, time
-keep, onednn, model_dir, steps = sys.argv[1] == "1", sys.argv[2] == "1", sys.argv[3], int(sys.argv[4])
+keep, onednn, numpy_dropout = (flag == "1" for flag in sys.argv[1:4])
+model_dir, steps = sys.argv[4], int(sys.argv[5])
 if keep:  # before torch starts, as each rank does; otherwise glibc's and torch's defaults
     from launcher.train.memory import keep_freed_memory
     assert keep_freed_memory()
 import torch
 from transformers import AutoModelForSequenceClassification
+from launcher.train.cpu_dropout import use_numpy_dropout
 from launcher.train.cpu_kernels import route_linears_to_onednn
 torch.manual_seed(0)
 model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).train()
 if onednn:
     route_linears_to_onednn(model)
+if numpy_dropout:
+    use_numpy_dropout(model)
 optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
 ids = torch.randint(1000, 30000, (8, 64), generator=torch.Generator().manual_seed(1))
 mask = torch.ones(8, 64, dtype=torch.long); mask[:4, 50:] = 0
@@ -93,8 +98,8 @@ def main() -> None:
     gemms = gemm()
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):  # A B C D A B C D ...
-        for name, (keep, onednn) in VARIANTS.items():
-            out = subprocess.run([sys.executable, "-c", STEP, str(int(keep)), str(int(onednn)), str(minilm_dir()),
+        for name, flags in VARIANTS.items():
+            out = subprocess.run([sys.executable, "-c", STEP, *(str(int(flag)) for flag in flags), str(minilm_dir()),
                                   str(args.steps)], capture_output=True, text=True, check=True, cwd=REPO)  # fmt: skip
             runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(name, runs[name][-1], flush=True)
