@@ -10,6 +10,7 @@ recipe override to every ftlaunch run (e.g. data.group_by_length=false for the T
 --variant NAME:KEY=VALUE,... adds an ftlaunch run with those overrides to every pair (what one change
 buys, interleaved with the rest); a KEY of env.NAME sets an environment variable instead, e.g.
 --variant no-malloc-tuning:env.FTL_KEEP_FREED_MEMORY=0 --variant mkl-linear:train.cpu_linear=aten.
+--table results/NAME.json prints a stored result's table (variants with their accuracy) without running.
 """
 
 from __future__ import annotations
@@ -62,6 +63,42 @@ def mean_spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def quality(runs: list[dict]) -> str:
+    acc = [r["validation_accuracy"] for r in runs if r["validation_accuracy"] is not None]
+    f1 = [r["validation_f1"] for r in runs if r["validation_f1"] is not None]
+    return f"{mean_spread(acc)} / {mean_spread(f1)}" if acc else "-"
+
+
+def speedup(runs: list[dict]) -> str:
+    values = [r["speedup"] for r in runs]
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
+
+def table(machine_cpu: dict, payload: dict) -> str:
+    """The markdown table of one results payload: one row per precision, one more per variant."""
+    form = (f"short ({SHORT_STEPS} optimizer steps, no evaluation)" if payload["form"] == "short"
+            else f"full ({payload['epochs']} epochs, evaluation every epoch)")  # fmt: skip
+    lines = [f"CPU: {machine_cpu['model']}, {machine_cpu['cores']} cores; native bf16 flags: "
+             f"{', '.join(machine_cpu['native_bf16']) or 'none'}; AMX: {', '.join(machine_cpu['amx']) or 'none'}. "
+             f"Form: {form}. ftlaunch overrides: {payload['ftlaunch_sets'] or 'none'}; "
+             f"variants: {payload['variants'] or 'none'}.", "",
+             "| precision | seeds | Trainer train s | ftlaunch train s | speed-up (median, min-max) | Trainer acc / F1 | ftlaunch acc / F1 |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in payload["rows"]:
+        pairs = row["pairs"]
+        lines.append(
+            f"| {'fp32' if row['precision'] == 'no' else row['precision']} | {len(pairs)} "
+            f"| {statistics.median(p['trainer']['train_seconds'] for p in pairs):.1f} "
+            f"| {statistics.median(p['ftlaunch']['train_seconds'] for p in pairs):.1f} "
+            f"| {speedup(pairs)} | {quality([p['trainer'] for p in pairs])} | {quality([p['ftlaunch'] for p in pairs])} |"
+        )
+        for name in payload["variants"]:
+            runs = [p[name] for p in pairs]
+            lines.append(f"| ... variant {name} | {len(runs)} | | {statistics.median(r['train_seconds'] for r in runs):.1f} "
+                         f"| {speedup(runs)} | | {quality(runs)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--form", choices=["short", "full"], default="short")
@@ -71,7 +108,12 @@ def main() -> None:
     parser.add_argument("--ftlaunch-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...")
     parser.add_argument("--name", default=None, help="results file name (default trainer_vs_ftlaunch_<form>)")
+    parser.add_argument("--table", type=Path, metavar="RESULTS_JSON", help="print the table of a results file, run nothing")
     args = parser.parse_args()
+    if args.table:
+        payload = json.loads(args.table.read_text())
+        print(table(payload["machine"]["cpu"], payload))
+        return
     sets = dict(item.split("=", 1) for item in args.ftlaunch_set)
     variants = {}
     for item in args.variant:
@@ -95,35 +137,8 @@ def main() -> None:
                 pairs[-1][name] = {**other, "speedup": round(hf["train_seconds"] / other["train_seconds"], 3)}
             print(json.dumps(pairs[-1]), flush=True)
         rows.append({"precision": precision, "pairs": pairs})
-    form = (f"short ({SHORT_STEPS} optimizer steps, no evaluation)" if args.form == "short"
-            else f"full ({args.epochs} epochs, evaluation every epoch)")  # fmt: skip
-    lines = [f"CPU: {machine_cpu['model']}, {machine_cpu['cores']} cores; native bf16 flags: "
-             f"{', '.join(machine_cpu['native_bf16']) or 'none'}; AMX: {', '.join(machine_cpu['amx']) or 'none'}. "
-             f"Form: {form}. ftlaunch overrides: {sets or 'none'}; variants: {variants or 'none'}.", "",
-             "| precision | seeds | Trainer train s | ftlaunch train s | speed-up (median, min-max) | Trainer acc / F1 | ftlaunch acc / F1 |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for row in rows:
-        pairs = row["pairs"]
-        speedups = [p["speedup"] for p in pairs]
-        quality = {}
-        for side in ("trainer", "ftlaunch"):
-            acc = [p[side]["validation_accuracy"] for p in pairs if p[side]["validation_accuracy"] is not None]
-            f1 = [p[side]["validation_f1"] for p in pairs if p[side]["validation_f1"] is not None]
-            quality[side] = f"{mean_spread(acc)} / {mean_spread(f1)}" if acc else "-"
-        lines.append(
-            f"| {'fp32' if row['precision'] == 'no' else row['precision']} | {len(pairs)} "
-            f"| {statistics.median(p['trainer']['train_seconds'] for p in pairs):.1f} "
-            f"| {statistics.median(p['ftlaunch']['train_seconds'] for p in pairs):.1f} "
-            f"| {statistics.median(speedups):.2f}x ({min(speedups):.2f}-{max(speedups):.2f}) "
-            f"| {quality['trainer']} | {quality['ftlaunch']} |"
-        )
-        for name in variants:
-            runs = [p[name] for p in pairs]
-            lines.append(f"| ... variant {name} | {len(runs)} | | {statistics.median(r['train_seconds'] for r in runs):.1f} "
-                         f"| {statistics.median(r['speedup'] for r in runs):.2f}x "
-                         f"({min(r['speedup'] for r in runs):.2f}-{max(r['speedup'] for r in runs):.2f}) | | |")
     payload = {"form": args.form, "variants": variants, "epochs": args.epochs, "short_steps": SHORT_STEPS, "ftlaunch_sets": sets, "rows": rows}
-    write_result(args.name or f"trainer_vs_ftlaunch_{args.form}", payload, "\n".join(lines))
+    write_result(args.name or f"trainer_vs_ftlaunch_{args.form}", payload, table(machine_cpu, payload))
 
 
 if __name__ == "__main__":
