@@ -63,10 +63,11 @@ def test_unknown_or_impossible_types_are_refused(bad):
 def test_rules_for_a_tpu_recipe():
     found = problems(
         "cluster.accelerator=tpu", "cluster.tpu={name: p, zone: z, type: v4-6}", "distributed.backend=deepspeed",
-        "train.precision=fp16", "cluster.nodes=2", "cluster.procs_per_node=4",
+        "train.precision=fp16", "cluster.nodes=2", "cluster.procs_per_node=4", "model.hub_kernels=on",
     )  # fmt: skip
     fields = sorted(problem.split(":", 1)[0].removeprefix("--set ") for problem in found)
-    assert fields == ["cluster.nodes", "cluster.procs_per_node", "cluster.tpu.type", "distributed.backend", "train.precision"]
+    assert fields == ["cluster.nodes", "cluster.procs_per_node", "cluster.tpu.type", "distributed.backend",
+                      "model.hub_kernels", "train.precision"]  # fmt: skip
     assert all("\n" not in problem for problem in found)
 
 

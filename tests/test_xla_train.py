@@ -62,6 +62,7 @@ def test_minilm_two_epochs_static_shapes(xla_python, minilm_dir, mrpc_dir, tmp_p
 
     (setup,) = read_records(run_dir, "setup")
     assert setup["distributed_type"] == "DistributedType.XLA" and setup["device"] == "xla:0"
+    assert setup["hub_kernels"] is False  # the kernels package has no XLA device (model.train() fails with them)
     evals = read_records(run_dir, "eval")
     assert [e["epoch"] for e in evals] == [1.0, 2.0]
     assert [e["rows"] for e in evals] == [408, 408]  # 25 full batches of 16 + 8 real rows and 8 filler

@@ -88,6 +88,8 @@ def tpu_problems(recipe) -> Iterator[tuple[str, str]]:
         yield "distributed.backend", "DeepSpeed does not run on TPUs: use ddp (XLA data parallel)"
     if recipe.train.precision == "fp16":
         yield "train.precision", "TPUs have no fp16 mixed precision: use bf16 (native on TPUs) or no"
+    if recipe.model.hub_kernels == "on":
+        yield "model.hub_kernels", "the kernels package has no XLA device: set it to auto or off on a TPU"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,10 @@ class ModelSpec(Section):
     num_labels: int = Field(2, ge=1, description="classes; 1 means regression (e.g. STS-B)")
     tokenizer: NonEmptyStr | None = Field(None, description="tokenizer id or dir; defaults to the model's")
     revision: NonEmptyStr | None = Field(None, description="Hub revision (branch, tag or commit)")
+    hub_kernels: Literal["auto", "on", "off"] = Field(
+        "auto", description="layers swapped for Hub kernels (transformers' use_kernels, its default from 5.25): "
+        "auto = transformers' default, off on XLA (the kernels package has no XLA device); on/off force it",
+    )
 
 
 class DataSpec(Section):

@@ -71,7 +71,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     from launcher.train.cpu_kernels import route_linears_to_onednn
     from launcher.train.data import build_loaders
     from launcher.train.loop import Trainer
-    from launcher.train.model import load_model, load_tokenizer
+    from launcher.train.model import load_model, load_tokenizer, uses_hub_kernels
     from launcher.train.progress import make_progress
     from launcher.train.records import RankRecords
     from launcher.train.save import save_model
@@ -90,7 +90,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     # --- data + model
     tokenizer = load_tokenizer(recipe)
     loaders = build_loaders(recipe, tokenizer, accelerator, plan.effective_batch_size, plan.eval_batch_size)
-    model = load_model(recipe)
+    model = load_model(recipe, plan.device)
     cpu_linear = cpu_linear_for(recipe, plan)
     if cpu_linear == "onednn":
         route_linears_to_onednn(model)
@@ -126,7 +126,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
         train_rows=loaders.train_rows, eval_rows=loaders.eval_rows, micro_batches_per_epoch=len(loaders.train),
         steps_per_epoch=steps.steps_per_epoch, epochs=steps.epochs, total_steps=steps.total_steps,
         warmup_steps=steps.warmup_steps, cpu_linear=cpu_linear, kept_freed_memory=kept_freed_memory,
-        cpu_dropout=cpu_dropout, attention=attention,
+        cpu_dropout=cpu_dropout, attention=attention, hub_kernels=uses_hub_kernels(model),
     )  # fmt: skip
 
     # --- resume from the newest valid checkpoint, if this run has one (requeue, --resume)
