@@ -92,6 +92,8 @@ def test_two_local_nodes_train_synchronised_ranks(two_node_run):
     assert {(r["cpu_linear"], r["kept_freed_memory"]) for r in setups} == {(expected_cpu_linear(), True)}
     # dropout masks drawn by numpy, attention probabilities included (launcher.train.cpu_dropout)
     assert {(r["cpu_dropout"], r["attention"]) for r in setups} == {("numpy", ATTENTION_NAME)}
+    # the encoder runs on each batch's real tokens (launcher.train.packing)
+    assert {r["packed_sequences"] for r in setups} == {"on"}
     train = read_records(two_node_run, "train")
     by_step: dict[int, dict[int, float]] = {}
     for record in train:
@@ -230,3 +232,16 @@ def test_an_error_in_every_rank_is_reported_in_one_line(tmp_path, tiny_model_dir
     assert result.returncode == 1
     assert "ftlaunch: job failed: node 0: rank 0 on" in result.stderr
     assert "no field(s) ['question']" in result.stderr
+
+
+def test_padded_batches_on_request_train_the_same_rows(tmp_path, tiny_model_dir, mrpc_dir, two_node_run):
+    """train.packed_sequences: off runs the padded batches: the same optimizer steps over the same rows,
+    and parameters that differ only by float summation order (and the dropout masks, which are drawn
+    for padded positions too)."""
+    result, run_dir = submit_local(tmp_path, tiny_model_dir, mrpc_dir, "--nodes", "2", **{"train.packed_sequences": "off"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {r["packed_sequences"] for r in read_records(run_dir, "setup")} == {"off: train.packed_sequences: off"}
+    steps = lambda run: sorted({r["step"] for r in read_records(run, "train")})  # noqa: E731
+    assert steps(run_dir) == steps(two_node_run)
+    rows = lambda run: [r["rows"] for r in read_records(run, "eval")]  # noqa: E731
+    assert rows(run_dir) == rows(two_node_run)

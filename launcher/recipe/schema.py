@@ -105,6 +105,10 @@ class TrainSpec(Section):
         "auto", description="on CPU: dropout masks from numpy's SFC64 generator (5x faster to draw) or torch's "
         "Bernoulli kernel; auto: numpy on CPU (GPUs and TPUs always draw their own)",
     )
+    packed_sequences: Literal["auto", "off"] = Field(
+        "auto", description="on CPU with dynamic padding: the encoder runs on each training batch's real tokens "
+        "only (same rows, same math; BERT sequence classifiers, checked at setup); off: padded batches",
+    )
     eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to evaluate (always also at the end)")
     eval_steps: int | None = Field(None, ge=1, description="with eval_strategy: steps")
     save_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to write a checkpoint")

@@ -72,6 +72,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     from launcher.train.data import build_loaders
     from launcher.train.loop import Trainer
     from launcher.train.model import load_model, load_tokenizer, uses_hub_kernels
+    from launcher.train.packing import packing_wanted, use_packed_sequences
     from launcher.train.progress import make_progress
     from launcher.train.records import RankRecords
     from launcher.train.save import save_model
@@ -96,6 +97,8 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
         route_linears_to_onednn(model)
     cpu_dropout = choose_cpu_dropout(recipe.train.cpu_dropout, plan.device)
     attention = use_numpy_dropout(model)["attention"] if cpu_dropout == "numpy" else model.config._attn_implementation
+    not_packed = packing_wanted(recipe.train.packed_sequences, plan.device, plan.padding, plan.backend)
+    not_packed = not_packed or use_packed_sequences(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
@@ -127,6 +130,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
         steps_per_epoch=steps.steps_per_epoch, epochs=steps.epochs, total_steps=steps.total_steps,
         warmup_steps=steps.warmup_steps, cpu_linear=cpu_linear, kept_freed_memory=kept_freed_memory,
         cpu_dropout=cpu_dropout, attention=attention, hub_kernels=uses_hub_kernels(model),
+        packed_sequences="on" if not_packed is None else f"off: {not_packed}",
     )  # fmt: skip
 
     # --- resume from the newest valid checkpoint, if this run has one (requeue, --resume)

@@ -1,0 +1,213 @@
+"""Padding-free training steps on CPU: the encoder runs on a batch's real tokens only.
+
+With dynamic padding a batch of 8 random MRPC rows is as wide as its longest row: 35% of its tokens
+are padding, and every linear layer, GELU, LayerNorm and dropout pays for them. Here the batch stays
+the same rows (the sampler, the optimizer and the loss see no difference); only inside the model are
+its real tokens laid end to end as one row of T tokens:
+- embeddings get each token's own position (the column it had in the padded batch, as BERT gives it);
+- every token-wise layer works on T tokens instead of rows x width;
+- attention scatters queries, keys and values back to the padded layout, attends there under the
+  usual padding mask (with whatever attention the model runs: SDPA, eager, numpy dropout masks), and
+  gathers the real tokens again: padding never reaches a real token, exactly as before;
+- the pooler reads each row's first token from its place in the packed row.
+The math per real token is the padded batch's; sums differ only in float order (checked at setup).
+
+Only for BERT sequence classifiers in training mode with right padding (what ftlaunch's collator
+makes); evaluation and everything else take the model's own forward.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import partial
+from types import MethodType
+
+import torch
+
+PACKED_PREFIX = "ftlaunch_packed:"  # + the attention implementation it wraps
+_CURRENT = ContextVar("ftlaunch_packing", default=None)  # for the pooler, which gets no kwargs
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where a padded batch's real tokens sit, and the padding mask of its padded layout."""
+
+    index: torch.Tensor  # [T]: row * width + column of each real token, row-major
+    starts: torch.Tensor  # [rows]: each row's first token in the packed row
+    rows: int
+    width: int
+    mask: torch.Tensor  # [rows, 1, 1, width] bool, True = a real token (SDPA's convention)
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor) -> Packing | None:
+        """None when packing saves nothing (no padding) or cannot keep the math (a row not starting
+        with a real token: the pooler reads column 0 of the padded batch)."""
+        keep = attention_mask.bool()
+        if keep.all() or not keep[:, 0].all():
+            return None
+        lengths = keep.sum(1)
+        starts = torch.cumsum(lengths, 0) - lengths
+        index = keep.flatten().nonzero().squeeze(1)
+        rows, width = keep.shape
+        return cls(index, starts, rows, width, keep[:, None, None, :])
+
+    @property
+    def tokens(self) -> int:
+        return self.index.numel()
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """[1, heads, T, dim] -> [rows, heads, width, dim], zeros where the padding was."""
+        tokens = packed[0].transpose(0, 1)  # [T, heads, dim]
+        full = tokens.new_zeros((self.rows * self.width, *tokens.shape[1:])).index_copy(0, self.index, tokens)
+        return full.view(self.rows, self.width, *tokens.shape[1:]).transpose(1, 2)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """[rows, width, heads, dim] -> [1, T, heads, dim]: the real tokens only."""
+        flat = padded.reshape(self.rows * self.width, *padded.shape[2:])
+        return flat.index_select(0, self.index).unsqueeze(0)
+
+
+def packed_attention(module, query, key, value, attention_mask, *, inner: str, ftl_packing: Packing | None = None,
+                     **kwargs):  # fmt: skip
+    """The model's own attention (`inner`), run on the padded layout of a packed batch."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    attend = ALL_ATTENTION_FUNCTIONS[inner] if inner != "eager" else _eager(module)
+    if ftl_packing is None:
+        return attend(module, query, key, value, attention_mask, **kwargs)
+    unpack = ftl_packing.unpack
+    mask = ftl_packing.mask
+    if inner == "eager":  # eager attention adds its mask: 0 where a token is, the dtype's minimum where not
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
+    output, weights = attend(module, unpack(query), unpack(key), unpack(value), mask, **kwargs)
+    return ftl_packing.pack(output), weights
+
+
+def _eager(module):
+    import sys
+
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+def packing_wanted(setting: str, device: str, padding: str | None, backend: str) -> str | None:
+    """Why a run does not try packing (None: it does): only CPU, dynamic padding, DDP (DeepSpeed
+    partitions the model itself; GPUs and TPUs have their own answers to padding)."""
+    if setting == "off":
+        return "train.packed_sequences: off"
+    if device != "cpu":
+        return f"device {device}"
+    if padding != "dynamic":
+        return f"data.padding {padding}"
+    if backend != "ddp":
+        return f"backend {backend}"
+    return None
+
+
+def supported(model) -> str | None:
+    """Why this model cannot train packed, or None when it can."""
+    if type(model).__name__ != "BertForSequenceClassification" or getattr(model.config, "model_type", None) != "bert":
+        return f"{type(model).__name__} is not a BERT sequence classifier"
+    if getattr(model.config, "is_decoder", False) or getattr(model.config, "add_cross_attention", False):
+        return "decoder/cross-attention BERT"
+    if getattr(model.bert, "pooler", None) is None:
+        return "no pooler"
+    if not hasattr(model, "set_attn_implementation"):
+        return "this transformers has no attention interface"
+    attention = model.config._attn_implementation
+    if attention.startswith("flash") or attention == "flex_attention":
+        return f"attention {attention} takes no padded layout here"
+    return None
+
+
+def use_packed_sequences(model) -> str | None:
+    """Make `model` train padding-free; returns why not (and leaves it untouched) where it cannot."""
+    reason = supported(model)
+    if reason:
+        return reason
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    inner = model.config._attn_implementation
+    name = PACKED_PREFIX + inner
+    AttentionInterface.register(name, partial(packed_attention, inner=inner))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])  # unpacked (evaluation) batches
+    plain_forward, plain_pooler = model.forward, model.bert.pooler.forward
+    model.set_attn_implementation(name)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *args, **kwargs):
+        packing = None
+        if self.training and not args and input_ids is not None and attention_mask is not None and input_ids.dim() == 2:
+            if not {"position_ids", "inputs_embeds"} & {k for k, v in kwargs.items() if v is not None}:
+                packing = Packing.of(attention_mask)
+        if packing is None:
+            return plain_forward(input_ids, attention_mask, token_type_ids, *args, **kwargs)
+        keep = attention_mask.bool()
+        columns = torch.arange(packing.width, device=input_ids.device).expand_as(input_ids)
+        state = _CURRENT.set(packing)
+        try:
+            return plain_forward(
+                input_ids[keep].unsqueeze(0), packing.mask,  # a 4D mask is used as given: no mask is built
+                token_type_ids[keep].unsqueeze(0) if token_type_ids is not None else None,
+                position_ids=columns[keep].unsqueeze(0), ftl_packing=packing, **kwargs,
+            )  # fmt: skip
+        finally:
+            _CURRENT.reset(state)
+
+    def pooler(hidden_states):
+        packing = _CURRENT.get()
+        if packing is not None and hidden_states.shape[:2] == (1, packing.tokens):
+            hidden_states = hidden_states[0, packing.starts].unsqueeze(1)  # each row's first token
+        return plain_pooler(hidden_states)
+
+    model.forward = MethodType(forward, model)  # bound, as accelerate's autocast wrapper expects
+    model.bert.pooler.forward = pooler
+    reason = _disagrees(model, plain_forward)
+    if reason:
+        undo(model, inner)
+        return reason
+    return None
+
+
+def undo(model, inner: str) -> None:
+    model.__dict__.pop("forward", None)
+    model.bert.pooler.__dict__.pop("forward", None)
+    model.set_attn_implementation(inner)
+
+
+def _disagrees(model, plain_forward) -> str | None:
+    """A check at setup that this transformers still takes the packed batch as intended: logits and
+    gradients of a small padded batch, packed vs not (dropout off), must agree."""
+    was_training = model.training
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    ids = torch.randint(1, vocab, (3, 7), generator=generator)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    types = torch.tensor([[0] * 4 + [1] * 3, [0] * 2 + [1] * 2 + [0] * 3, [0] * 7])
+    device = next(model.parameters()).device
+    ids, mask, types = ids.to(device), mask.to(device), types.to(device)
+    dropouts = [(m, m.p) for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    try:
+        model.train()
+        for module, _ in dropouts:
+            module.p = 0.0
+        results = []
+        for forward in (model.forward, plain_forward):
+            model.zero_grad(set_to_none=True)
+            logits = forward(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+            logits.float().pow(2).sum().backward()
+            grad = model.bert.embeddings.word_embeddings.weight.grad
+            results.append((logits.detach().float(), grad.detach().float().clone()))
+        (packed, packed_grad), (padded, padded_grad) = results
+        if not torch.allclose(packed, padded, atol=1e-5, rtol=1e-5):  # measured: equal on MiniLM
+            return f"packed logits differ from padded ones by {(packed - padded).abs().max():.2e}"
+        if not torch.allclose(packed_grad, padded_grad, atol=1e-5, rtol=1e-4):
+            return f"packed gradients differ from padded ones by {(packed_grad - padded_grad).abs().max():.2e}"
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not pack
+        return f"packed forward failed: {type(exc).__name__}: {exc}"
+    finally:
+        model.zero_grad(set_to_none=True)
+        for module, p in dropouts:
+            module.p = p
+        model.train(was_training)
