@@ -234,14 +234,17 @@ def test_an_error_in_every_rank_is_reported_in_one_line(tmp_path, tiny_model_dir
     assert "no field(s) ['question']" in result.stderr
 
 
-def test_padded_batches_on_request_train_the_same_rows(tmp_path, tiny_model_dir, mrpc_dir, two_node_run):
-    """train.packed_sequences: off runs the padded batches: the same optimizer steps over the same rows,
-    and parameters that differ only by float summation order (and the dropout masks, which are drawn
-    for padded positions too)."""
+def test_padded_batches_on_request_train_the_same_model(tmp_path, tiny_model_dir, mrpc_dir, two_node_run):
+    """train.packed_sequences: off runs the padded batches: the same steps over the same rows with the
+    same dropout masks, so the same losses and parameters up to float summation order."""
     result, run_dir = submit_local(tmp_path, tiny_model_dir, mrpc_dir, "--nodes", "2", **{"train.packed_sequences": "off"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert {r["packed_sequences"] for r in read_records(run_dir, "setup")} == {"off: train.packed_sequences: off"}
-    steps = lambda run: sorted({r["step"] for r in read_records(run, "train")})  # noqa: E731
-    assert steps(run_dir) == steps(two_node_run)
-    rows = lambda run: [r["rows"] for r in read_records(run, "eval")]  # noqa: E731
-    assert rows(run_dir) == rows(two_node_run)
+    by_step = lambda run: {(r["step"], r["rank"]): r for r in read_records(run, "train")}  # noqa: E731
+    padded, packed = by_step(run_dir), by_step(two_node_run)
+    assert sorted(padded) == sorted(packed)
+    for key, record in padded.items():
+        assert record["loss"] == pytest.approx(packed[key]["loss"], rel=1e-4, abs=1e-5), key
+        assert record["param_checksum"] == pytest.approx(packed[key]["param_checksum"], rel=1e-6), key
+    evals = lambda run: [(r["rows"], r["metrics"]["validation_accuracy"]) for r in read_records(run, "eval")]  # noqa: E731
+    assert evals(run_dir) == evals(two_node_run)

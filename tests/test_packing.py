@@ -64,6 +64,23 @@ def test_packed_step_computes_the_padded_steps_loss_and_gradients(attention):
         assert torch.allclose(packed_grads[name], grad, atol=1e-6, rtol=1e-4), name
 
 
+def test_with_numpy_dropout_masks_a_packed_step_is_the_padded_step():
+    """Dropout on: the packed batch draws the padded batch's masks (kept at its real tokens), so the
+    same seed gives the same loss and gradients, packed or not."""
+    padded, packed = use_numpy_dropout_model(), use_and_check(use_numpy_dropout_model())
+    padded.train(), packed.train()
+    batch = padded_batch()
+    torch.manual_seed(11)
+    loss, grads = loss_and_grads(padded, batch)
+    torch.manual_seed(11)
+    packed_loss, packed_grads = loss_and_grads(packed, batch)
+    assert torch.allclose(packed_loss, loss, atol=1e-6)
+    for name, grad in grads.items():
+        assert torch.allclose(packed_grads[name], grad, atol=1e-6, rtol=1e-4), name
+    torch.manual_seed(12)  # and the masks do matter: another seed, another loss
+    assert not torch.allclose(loss_and_grads(packed, batch)[0], loss, atol=1e-4)
+
+
 def test_token_wise_layers_see_only_real_tokens():
     model = use_and_check(tiny_bert()).train()
     seen = []

@@ -18,6 +18,7 @@ otherwise. Causal and grouped-query attention keep SDPA with torch's dropout.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Literal
 
 import numpy as np
@@ -33,8 +34,22 @@ def choose_cpu_dropout(setting: str, device: str) -> CpuDropout:
     return "numpy" if setting != "torch" and device == "cpu" else "torch"
 
 
+# Set by launcher.train.packing while a packed batch ([1, T, hidden]: its real tokens end to end) runs
+# through the model: such a tensor's mask is the one the padded batch would draw, at its real tokens,
+# so that packing a batch changes no dropout mask.
+packed_layout: ContextVar = ContextVar("ftlaunch_packed_layout", default=None)
+
+
 def drop_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """True where an element is dropped, each with probability round(p * 65536) / 65536."""
+    layout = packed_layout.get()
+    if layout is not None and len(shape) == 3 and shape[0] == 1 and shape[1] == layout.tokens:
+        padded = _draw((layout.rows * layout.width, shape[2]), p)
+        return padded.index_select(0, layout.index).view(shape)
+    return _draw(shape, p)
+
+
+def _draw(shape: tuple[int, ...] | torch.Size, p: float) -> torch.Tensor:
     seed = int(torch.randint(0, 2**62, (1,)).item())  # follows torch.manual_seed, so a resume replays it
     words = np.random.Generator(np.random.SFC64(seed)).integers(0, _LEVELS, int(np.prod(shape)), dtype=np.uint16)
     return torch.from_numpy(words < round(p * _LEVELS)).view(shape)

@@ -11,6 +11,8 @@ its real tokens laid end to end as one row of T tokens:
   gathers the real tokens again: padding never reaches a real token, exactly as before;
 - the pooler reads each row's first token from its place in the packed row.
 The math per real token is the padded batch's; sums differ only in float order (checked at setup).
+Numpy dropout masks (train.cpu_dropout) are drawn for the padded layout and kept at the real tokens:
+a packed step draws the masks the padded step draws, so packing changes speed and nothing else.
 
 Only for BERT sequence classifiers in training mode with right padding (what ftlaunch's collator
 makes); evaluation and everything else take the model's own forward.
@@ -18,15 +20,15 @@ makes); evaluation and everything else take the model's own forward.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from types import MethodType
 
 import torch
 
+from launcher.train.cpu_dropout import packed_layout as _CURRENT  # the pooler and numpy dropout read it
+
 PACKED_PREFIX = "ftlaunch_packed:"  # + the attention implementation it wraps
-_CURRENT = ContextVar("ftlaunch_packing", default=None)  # for the pooler, which gets no kwargs
 
 
 @dataclass(frozen=True)
