@@ -39,7 +39,6 @@ class Packing:
     starts: torch.Tensor  # [rows]: each row's first token in the packed row
     rows: int
     width: int
-    mask: torch.Tensor  # [rows, 1, 1, width] bool, True = a real token (SDPA's convention)
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor) -> Packing | None:
@@ -52,7 +51,7 @@ class Packing:
         starts = torch.cumsum(lengths, 0) - lengths
         index = keep.flatten().nonzero().squeeze(1)
         rows, width = keep.shape
-        return cls(index, starts, rows, width, keep[:, None, None, :])
+        return cls(index, starts, rows, width)
 
     @property
     def tokens(self) -> int:
@@ -72,17 +71,15 @@ class Packing:
 
 def packed_attention(module, query, key, value, attention_mask, *, inner: str, ftl_packing: Packing | None = None,
                      **kwargs):  # fmt: skip
-    """The model's own attention (`inner`), run on the padded layout of a packed batch."""
+    """The model's own attention (`inner`), run on the padded layout of a packed batch (whose mask,
+    built for that layout, is `attention_mask`)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     attend = ALL_ATTENTION_FUNCTIONS[inner] if inner != "eager" else _eager(module)
     if ftl_packing is None:
         return attend(module, query, key, value, attention_mask, **kwargs)
     unpack = ftl_packing.unpack
-    mask = ftl_packing.mask
-    if inner == "eager":  # eager attention adds its mask: 0 where a token is, the dtype's minimum where not
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, torch.finfo(query.dtype).min)
-    output, weights = attend(module, unpack(query), unpack(key), unpack(value), mask, **kwargs)
+    output, weights = attend(module, unpack(query), unpack(key), unpack(value), attention_mask, **kwargs)
     return ftl_packing.pack(output), weights
 
 
@@ -128,7 +125,7 @@ def use_packed_sequences(model) -> str | None:
     if reason:
         return reason
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, create_bidirectional_mask
 
     inner = model.config._attn_implementation
     name = PACKED_PREFIX + inner
@@ -146,10 +143,14 @@ def use_packed_sequences(model) -> str | None:
             return plain_forward(input_ids, attention_mask, token_type_ids, *args, **kwargs)
         keep = attention_mask.bool()
         columns = torch.arange(packing.width, device=input_ids.device).expand_as(input_ids)
+        # The padded layout's mask, built by transformers as the padded forward builds it (SDPA's boolean
+        # mask, eager's additive one); passed on in 4D, it is used as given.
+        layout = torch.empty((packing.rows, packing.width, 0), dtype=self.dtype, device=input_ids.device)
+        mask = create_bidirectional_mask(config=self.config, inputs_embeds=layout, attention_mask=attention_mask)
         state = _CURRENT.set(packing)
         try:
             return plain_forward(
-                input_ids[keep].unsqueeze(0), packing.mask,  # a 4D mask is used as given: no mask is built
+                input_ids[keep].unsqueeze(0), mask,
                 token_type_ids[keep].unsqueeze(0) if token_type_ids is not None else None,
                 position_ids=columns[keep].unsqueeze(0), ftl_packing=packing, **kwargs,
             )  # fmt: skip
