@@ -39,6 +39,8 @@ def test_minilm_fine_tunes_on_real_mrpc_and_saves_a_loadable_model(tmp_path, min
            "train.per_device_batch_size": 8, "train.logging_steps": 5},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the 45 MiB word-embedding gradient is written into one buffer for the run (launcher.train.embedding_grad)
+    assert [r["kept_gradients"] for r in read_records(run_dir, "setup")] == [["bert.embeddings.word_embeddings"]]
 
     losses = [r["loss"] for r in read_records(run_dir, "train")]
     assert len(losses) == 8
@@ -94,6 +96,8 @@ def test_two_local_nodes_train_synchronised_ranks(two_node_run):
     assert {(r["cpu_dropout"], r["attention"]) for r in setups} == {("numpy", ATTENTION_NAME)}
     # the encoder runs on each batch's real tokens (launcher.train.packing)
     assert {r["packed_sequences"] for r in setups} == {"on"}
+    # the tiny model's 3.8 MiB embedding gradient is reused by glibc's heap without help
+    assert [r["kept_gradients"] for r in setups] == [[], []]
     train = read_records(two_node_run, "train")
     by_step: dict[int, dict[int, float]] = {}
     for record in train:

@@ -70,6 +70,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     from launcher.train.cpu_dropout import choose_cpu_dropout, use_numpy_dropout
     from launcher.train.cpu_kernels import route_linears_to_onednn
     from launcher.train.data import build_loaders
+    from launcher.train.embedding_grad import keep_embedding_gradients
     from launcher.train.loop import Trainer
     from launcher.train.model import load_model, load_tokenizer, uses_hub_kernels
     from launcher.train.packing import packing_wanted, use_packed_sequences
@@ -99,6 +100,10 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
     attention = use_numpy_dropout(model)["attention"] if cpu_dropout == "numpy" else model.config._attn_implementation
     not_packed = packing_wanted(recipe.train.packed_sequences, plan.device, plan.padding, plan.backend)
     not_packed = not_packed or use_packed_sequences(model)
+    # glibc's tuning cannot keep blocks over 32 MiB: the word-embedding gradient keeps its own memory
+    # (DeepSpeed partitions and owns the gradients itself)
+    keep_gradients = kept_freed_memory and plan.device == "cpu" and plan.backend == "ddp"
+    kept_gradients = keep_embedding_gradients(model) if keep_gradients else []
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
@@ -129,6 +134,7 @@ def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> No
         train_rows=loaders.train_rows, eval_rows=loaders.eval_rows, micro_batches_per_epoch=len(loaders.train),
         steps_per_epoch=steps.steps_per_epoch, epochs=steps.epochs, total_steps=steps.total_steps,
         warmup_steps=steps.warmup_steps, cpu_linear=cpu_linear, kept_freed_memory=kept_freed_memory,
+        kept_gradients=kept_gradients,
         cpu_dropout=cpu_dropout, attention=attention, hub_kernels=uses_hub_kernels(model),
         packed_sequences="on" if not_packed is None else f"off: {not_packed}",
     )  # fmt: skip
