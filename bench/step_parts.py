@@ -1,0 +1,118 @@
+"""Where a MiniLM training step's time goes, fp32 and bf16, as ftlaunch trains on CPU, with and without
+the kept word-embedding gradient (launcher.train.embedding_grad).
+
+    python bench/step_parts.py          # ~8 min
+
+The same 45 random MRPC batches of 8 for every variant, packed (launcher.train.packing), numpy dropout
+masks, glibc memory kept, oneDNN linear layers in fp32 (bf16 autocast picks its own), clipping at 1.0,
+fused AdamW: ftlaunch's step without its loop. Each variant runs in its own process, interleaved over
+rounds (A B C D A B C D ...): the mean step (what a run's time adds up to, stalls included), the
+median step and its parts (forward, backward, clip, optimizer) in ms, over 40 steps after 5 warm-up steps. One more process per precision runs with ONEDNN_VERBOSE and sums the
+time oneDNN reports for its matrix multiplies (bf16: every GEMM; fp32: the linear layers, not the
+attention's batched products, which stay on MKL): what those GEMMs alone cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from common import REPO, minilm_dir, mrpc_dir, write_result
+
+STEP = """
+import json, random, statistics, sys, time
+from launcher.train.memory import keep_freed_memory
+assert keep_freed_memory()  # before torch, as each rank does
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from launcher.train.cpu_dropout import use_numpy_dropout
+from launcher.train.cpu_kernels import route_linears_to_onednn
+from launcher.train.embedding_grad import keep_embedding_gradients
+from launcher.train.packing import use_packed_sequences
+precision, kept, model_dir, mrpc, steps = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], int(sys.argv[5])
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+rows = [json.loads(line) for line in open(mrpc + "/train.jsonl")]
+order = random.Random(0)
+batches = []
+for _ in range(steps + 5):
+    pick = order.sample(rows, 8)
+    batch = dict(tokenizer([r["sentence1"] for r in pick], [r["sentence2"] for r in pick], truncation=True,
+                           max_length=128, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([r["label"] for r in pick])
+    batches.append(batch)
+torch.manual_seed(0)
+model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).train()
+if precision == "fp32":
+    route_linears_to_onednn(model)
+use_numpy_dropout(model)
+assert use_packed_sequences(model) is None
+if kept:
+    assert keep_embedding_gradients(model) == ["bert.embeddings.word_embeddings"]
+optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
+parts = {"forward": [], "backward": [], "clip": [], "optimizer": [], "step": []}
+for index, batch in enumerate(batches):
+    torch.manual_seed(index)
+    t0 = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(**batch).loss
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    t3 = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    t4 = time.perf_counter()
+    if index >= 5:
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            parts[name].append(seconds)
+result = {name: round(statistics.median(values) * 1000, 2) for name, values in parts.items()}
+result["mean_step"] = round(statistics.mean(parts["step"]) * 1000, 2)  # what a run's time adds up: stalls included
+print(json.dumps(result))
+"""
+
+
+def run(precision: str, kept: bool, steps: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", STEP, precision, str(int(kept)), str(minilm_dir()), str(mrpc_dir()), str(steps)],
+                          capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def gemm_ms_per_step(precision: str, steps: int) -> float:
+    """oneDNN's own timing of every matmul it ran, per step (warm-up steps included, so a slight overestimate)."""
+    out = run(precision, True, steps, {"ONEDNN_VERBOSE": "all"}).stdout.splitlines()
+    gemm = (",exec,cpu,matmul,", ",exec,cpu,inner_product,")  # bf16 autocast's matmuls; fp32 oneDNN linear layers
+    total = sum(float(line.rsplit(",", 1)[1]) for line in out if line.startswith("onednn_verbose") and any(k in line for k in gemm))
+    return round(total / (steps + 5), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    variants = {(p, kept): [] for p in ("fp32", "bf16") for kept in (False, True)}
+    for _ in range(args.rounds):
+        for (precision, kept), results in variants.items():
+            results.append(json.loads(run(precision, kept, args.steps).stdout.strip().splitlines()[-1]))
+            print(precision, "kept" if kept else "plain", results[-1], flush=True)
+    gemms = {precision: gemm_ms_per_step(precision, args.steps) for precision in ("fp32", "bf16")}
+    print("oneDNN matmul ms/step", gemms, flush=True)
+    lines = ["| precision | word-embedding gradient | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer | oneDNN matmuls |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (precision, kept), results in variants.items():
+        step = [r["mean_step"] for r in results]
+        part = {name: statistics.median(r[name] for r in results) for name in ("step", "forward", "backward", "clip", "optimizer")}
+        lines.append(f"| {precision} | {'kept buffer' if kept else 'fresh each step'} | {statistics.median(step):.1f} "
+                     f"({min(step):.1f}-{max(step):.1f}) | {part['step']:.1f} | {part['forward']:.1f} | {part['backward']:.1f} | {part['clip']:.1f} "
+                     f"| {part['optimizer']:.1f} | {gemms[precision] if kept else ''} |")  # fmt: skip
+    payload = {"rounds": args.rounds, "steps": args.steps, "runs": {f"{p} {'kept' if k else 'plain'}": v for (p, k), v in variants.items()},
+               "onednn_matmul_ms_per_step": gemms}  # fmt: skip
+    write_result("step_parts", payload, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
