@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--name", default="cpu_kernels", help="results file name (one per CPU kind)")
     args = parser.parse_args()
     gemms = gemm()
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
@@ -114,7 +115,7 @@ def main() -> None:
         lines.append(f"| {name} | {statistics.median(step):.3f} ({min(step):.3f}-{max(step):.3f}) | {base / statistics.median(step):.2f}x "
                      f"| {statistics.median(r['faults_per_step'] for r in rows):.0f} | {statistics.median(r['sys_s_per_step'] for r in rows):.3f} "
                      f"| {max(r['max_rss_mib'] for r in rows)} |")  # fmt: skip
-    write_result("cpu_kernels", {"gemm": gemms, "steps": runs, "rounds": args.rounds}, "\n".join(lines))
+    write_result(args.name, {"gemm": gemms, "steps": runs, "rounds": args.rounds}, "\n".join(lines))
 
 
 if __name__ == "__main__":

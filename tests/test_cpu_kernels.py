@@ -109,13 +109,18 @@ def test_routed_layers_leave_autocast_and_subclasses_alone():
 
 INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon (fake)\nflags\t\t: avx512f amx_bf16\n"
 AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: EPYC (fake)\nflags\t\t: avx512f avx512_bf16\n"
+AMD_AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: EPYC (fake Zen 3)\nflags\t\t: avx2 fma\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd sve\n"
 
 
 @needs_onednn
 @pytest.mark.parametrize(
     ("cpu", "setting", "device", "precision", "backend", "expected"),
     [
-        (AMD, "auto", "cpu", "no", "ddp", "onednn"),  # MKL's slow path: oneDNN
+        (AMD, "auto", "cpu", "no", "ddp", "onednn"),  # MKL leaves AVX-512 idle: oneDNN
+        (AMD_AVX2, "auto", "cpu", "no", "ddp", "aten"),  # MKL's AVX2 kernels beat oneDNN's there
+        (AMD_AVX2, "onednn", "cpu", "no", "ddp", "onednn"),  # asked for
+        (ARM, "auto", "cpu", "no", "ddp", "aten"),
         (INTEL, "auto", "cpu", "no", "ddp", "aten"),  # MKL's own fast kernels
         (INTEL, "onednn", "cpu", "no", "ddp", "onednn"),  # asked for
         (AMD, "aten", "cpu", "no", "ddp", "aten"),

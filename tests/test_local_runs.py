@@ -90,7 +90,7 @@ def test_two_local_nodes_train_synchronised_ranks(two_node_run):
     setups = read_records(two_node_run, "setup")
     assert sorted((r["rank"], r["node"]) for r in setups) == [(0, 0), (1, 1)]
     assert {r["world_size"] for r in setups} == {2}
-    # fp32 on CPU: oneDNN's linear kernels where MKL runs slow ones (not Intel), freed memory kept for reuse
+    # fp32 on CPU: oneDNN's linear kernels where MKL leaves AVX-512 idle (not Intel), freed memory kept for reuse
     assert {(r["cpu_linear"], r["kept_freed_memory"]) for r in setups} == {(expected_cpu_linear(), True)}
     # dropout masks drawn by numpy, attention probabilities included (launcher.train.cpu_dropout)
     assert {(r["cpu_dropout"], r["attention"]) for r in setups} == {("numpy", ATTENTION_NAME)}

@@ -99,7 +99,7 @@ class TrainSpec(Section):
     precision: Literal["no", "fp16", "bf16"] = Field("no", description="mixed precision")
     cpu_linear: Literal["auto", "onednn", "aten"] = Field(
         "auto", description="fp32 on CPU: linear layers through oneDNN or torch's default BLAS (MKL); "
-        "auto: oneDNN on CPUs that are not Intel's, where MKL skips its fast kernels",
+        "auto: oneDNN on CPUs with AVX-512 that are not Intel's, where MKL skips its AVX-512 kernels",
     )
     cpu_dropout: Literal["auto", "numpy", "torch"] = Field(
         "auto", description="on CPU: dropout masks from numpy's SFC64 generator (5x faster to draw) or torch's "

@@ -1,10 +1,12 @@
-"""Linear layers through oneDNN where torch's default BLAS runs slow kernels.
+"""Linear layers through oneDNN where torch's default BLAS leaves the CPU's AVX-512 units idle.
 
-torch runs fp32 `nn.Linear` on MKL's sgemm, and MKL picks its fast AVX-512 kernels on Intel CPUs
-only: on an AMD EPYC (Zen 5) it reached 190 GFLOP/s on two cores where oneDNN, shipped inside the
-same torch, reached 445 on the same fp32 matrices. `OneDNNLinear` computes the forward and both
-gradients with oneDNN's fp32 kernels (IEEE fp32, no reduced-precision math): only the order of the
-sums differs from MKL's."""
+torch runs fp32 `nn.Linear` on MKL's sgemm, and MKL picks its AVX-512 kernels on Intel CPUs only: on
+an AMD EPYC with AVX-512 (Zen 5) it reached 190 GFLOP/s on two cores where oneDNN, shipped inside the
+same torch, reached 445 on the same fp32 matrices. On an AMD CPU without AVX-512 (Zen 3) MKL's AVX2
+kernels are its best and beat oneDNN's: a MiniLM step took 0.49 s with oneDNN against 0.34 s
+(bench/results/cpu_kernels_zen3.md). `OneDNNLinear` computes the forward and both gradients with
+oneDNN's fp32 kernels (IEEE fp32, no reduced-precision math): only the order of the sums differs from
+MKL's."""
 
 from __future__ import annotations
 
@@ -12,15 +14,15 @@ from typing import Literal
 
 import torch
 
-from launcher.cpu import cpu_vendor
+from launcher.cpu import cpu_flags, cpu_vendor
 
 CpuLinear = Literal["onednn", "aten"]
 
 
 def choose_cpu_linear(setting: str, device: str, precision: str, backend: str) -> CpuLinear:
     """What runs the linear layers: `onednn` only for fp32 on CPU under DDP (bf16 autocast already
-    uses oneDNN; DeepSpeed ZeRO-3 replaces linear layers itself); `auto` picks it where MKL would not
-    run its own fast kernels, i.e. on CPUs that are not Intel's."""
+    uses oneDNN; DeepSpeed ZeRO-3 replaces linear layers itself); `auto` picks it where MKL would leave
+    AVX-512 unused: CPUs with AVX-512 that are not Intel's."""
     if setting == "aten" or device != "cpu" or precision != "no" or backend != "ddp":
         return "aten"
     if not onednn_linear_available():
@@ -30,7 +32,12 @@ def choose_cpu_linear(setting: str, device: str, precision: str, backend: str) -
         return "aten"
     if setting == "onednn":
         return "onednn"
-    return "aten" if cpu_vendor() == "GenuineIntel" else "onednn"
+    return "onednn" if mkl_skips_avx512() else "aten"
+
+
+def mkl_skips_avx512() -> bool:
+    """True on a CPU that has AVX-512 but is not Intel's: MKL runs its AVX2 kernels there."""
+    return "avx512f" in cpu_flags() and cpu_vendor() not in ("GenuineIntel", "")
 
 
 def onednn_linear_available() -> bool:
