@@ -92,7 +92,7 @@ def test_a_tracker_without_its_library_is_one_line_before_submit(tmp_path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "runs"
     args = ["submit", str(MRPC_RECIPE), "--local", "--no-check", "--set", "train.report_to=[tensorboard, wandb]",
-            "--set", f"output_dir={out}"]  # fmt: skip
+            "--set", "train.precision=no", "--set", f"output_dir={out}"]  # fp32: the same error on any CPU  # fmt: skip
     assert main(args) == 2
     assert capsys.readouterr().err.splitlines() == [
         "ftlaunch: error: train.report_to: wandb is not installed for this Python (pip install 'ftlaunch[trackers]', "
