@@ -78,7 +78,9 @@ def table(machine_cpu: dict, payload: dict) -> str:
     """The markdown table of one results payload: one row per precision, one more per variant."""
     form = (f"short ({SHORT_STEPS} optimizer steps, no evaluation)" if payload["form"] == "short"
             else f"full ({payload['epochs']} epochs, evaluation every epoch)")  # fmt: skip
-    lines = [f"CPU: {machine_cpu['model']}, {machine_cpu['cores']} cores; native bf16 flags: "
+    generation = f" ({machine_cpu['family_model']}, {'AVX-512' if machine_cpu.get('avx512f') else 'no AVX-512'})" \
+        if "family_model" in machine_cpu else ""  # results written before it was recorded lack it
+    lines = [f"CPU: {machine_cpu['model']}{generation}, {machine_cpu['cores']} cores; native bf16 flags: "
              f"{', '.join(machine_cpu['native_bf16']) or 'none'}; AMX: {', '.join(machine_cpu['amx']) or 'none'}. "
              f"Form: {form}. ftlaunch overrides: {payload['ftlaunch_sets'] or 'none'}; "
              f"variants: {payload['variants'] or 'none'}.", "",
