@@ -70,22 +70,12 @@ def median_spread(values: list[float]) -> dict:
 
 def cpu() -> dict:
     """The CPU's model and what decides bf16 speed (native bf16 flags, AMX): every result records it."""
-    from launcher.cpu import BF16_FLAGS, cpu_flags, cpu_model, cpu_vendor
+    from launcher.cpu import BF16_FLAGS, cpu_family_model, cpu_flags, cpu_model, cpu_vendor
 
     flags = cpu_flags()
     return {"model": cpu_model(), "vendor": cpu_vendor(), "family_model": cpu_family_model(),
             "native_bf16": sorted(f for f in BF16_FLAGS if f in flags), "amx": sorted(f for f in flags if f.startswith("amx")),
             "avx512f": "avx512f" in flags, "avx2": "avx2" in flags, "cores": len(os.sched_getaffinity(0))}  # fmt: skip
-
-
-def cpu_family_model() -> str:
-    """"family 25 model 1" (AMD Zen 3), "family 26 ..." (Zen 5): what a virtualised "AMD EPYC" name hides."""
-    try:
-        fields = dict(line.split(":", 1) for line in open("/proc/cpuinfo") if ":" in line)
-    except OSError:
-        return "unknown"
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    return f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
 
 
 def machine() -> dict:

@@ -36,6 +36,11 @@ def cpu_model() -> str:
     return _cpuinfo_value("model name") or "unknown"
 
 
+def cpu_family_model() -> str:
+    """"family 25 model 1" (AMD Zen 3), "family 26 ..." (Zen 5): what a virtualised "AMD EPYC" name hides."""
+    return f"family {_cpuinfo_value('cpu family') or '?'} model {_cpuinfo_value('model') or '?'}"
+
+
 def cpu_vendor() -> str:
     """GenuineIntel, AuthenticAMD, ...; empty where unknown (ARM, not Linux)."""
     return _cpuinfo_value("vendor_id") or ""

@@ -37,7 +37,7 @@ def choose_cpu_linear(setting: str, device: str, precision: str, backend: str) -
 
 def mkl_skips_avx512() -> bool:
     """True on a CPU that has AVX-512 but is not Intel's: MKL runs its AVX2 kernels there."""
-    return "avx512f" in cpu_flags() and cpu_vendor() not in ("GenuineIntel", "")
+    return "avx512f" in cpu_flags() and cpu_vendor() != "GenuineIntel"
 
 
 def onednn_linear_available() -> bool:
