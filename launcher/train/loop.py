@@ -112,7 +112,7 @@ def row_ids(batch: dict) -> list[str]:
 def param_checksum(model) -> float:
     """Sum of all parameters in float64: equal on every rank iff the ranks are synchronised."""
     with torch.no_grad():
-        return float(sum(p.detach().double().sum() for p in model.parameters()))
+        return float(sum(p.detach().sum(dtype=torch.float64) for p in model.parameters()))  # no float64 copies
 
 
 @dataclass
