@@ -1,7 +1,9 @@
 """Where a MiniLM training step's time goes, fp32 and bf16, as ftlaunch trains on CPU, with and without
-the kept word-embedding gradient (launcher.train.embedding_grad).
+the kept word-embedding gradient (launcher.train.embedding_grad), or (--last-layer) with the packed
+batch's last layer on every real token or on each row's first token only (launcher.train.packing).
 
-    python bench/step_parts.py          # ~8 min
+    python bench/step_parts.py                 # ~8 min
+    python bench/step_parts.py --last-layer    # ~8 min: fp32 (and bf16 where the CPU has it)
 
 The same 45 random MRPC batches of 8 for every variant, packed (launcher.train.packing), numpy dropout
 masks, glibc memory kept, oneDNN linear layers in fp32 (bf16 autocast picks its own), clipping at 1.0,
@@ -30,10 +32,11 @@ assert keep_freed_memory()  # before torch, as each rank does
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from launcher.train.cpu_dropout import use_numpy_dropout
-from launcher.train.cpu_kernels import route_linears_to_onednn
+from launcher.train.cpu_kernels import choose_cpu_linear, route_linears_to_onednn
 from launcher.train.embedding_grad import keep_embedding_gradients
 from launcher.train.packing import use_packed_sequences
 precision, kept, model_dir, mrpc, steps = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], int(sys.argv[5])
+last_layer_all_tokens = sys.argv[6] == "all"
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 rows = [json.loads(line) for line in open(mrpc + "/train.jsonl")]
 order = random.Random(0)
@@ -46,10 +49,12 @@ for _ in range(steps + 5):
     batches.append(batch)
 torch.manual_seed(0)
 model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).train()
-if precision == "fp32":
+if precision == "fp32" and choose_cpu_linear("auto", "cpu", "no", "ddp") == "onednn":  # as a run picks it
     route_linears_to_onednn(model)
 use_numpy_dropout(model)
 assert use_packed_sequences(model) is None
+if last_layer_all_tokens:  # the layer's own forward: every real token through the whole last layer
+    model.bert.encoder.layer[-1].__dict__.pop("forward")
 if kept:
     assert keep_embedding_gradients(model) == ["bert.embeddings.word_embeddings"]
 optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
@@ -76,9 +81,31 @@ print(json.dumps(result))
 """
 
 
-def run(precision: str, kept: bool, steps: int, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", STEP, precision, str(int(kept)), str(minilm_dir()), str(mrpc_dir()), str(steps)],
-                          capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
+def run(precision: str, kept: bool, steps: int, env: dict | None = None, last_layer: str = "first") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", STEP, precision, str(int(kept)), str(minilm_dir()), str(mrpc_dir()), str(steps),
+                           last_layer], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def last_layer_study(rounds: int, steps: int) -> None:
+    """Packed steps with the last layer on every real token vs on each row's first token (kept gradient on)."""
+    from launcher.cpu import native_bf16
+
+    precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)  # bf16 autocast without native bf16: 5x slower
+    variants = {(p, layer): [] for p in precisions for layer in ("all", "first")}
+    for _ in range(rounds):
+        for (precision, layer), results in variants.items():
+            results.append(json.loads(run(precision, True, steps, last_layer=layer).stdout.strip().splitlines()[-1]))
+            print(precision, layer, results[-1], flush=True)
+    lines = ["| precision | last layer | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (precision, layer), results in variants.items():
+        step = [r["mean_step"] for r in results]
+        part = {name: statistics.median(r[name] for r in results) for name in ("step", "forward", "backward", "clip", "optimizer")}
+        lines.append(f"| {precision} | {'every real token' if layer == 'all' else 'first tokens (ftlaunch)'} | {statistics.median(step):.1f} "
+                     f"({min(step):.1f}-{max(step):.1f}) | {part['step']:.1f} | {part['forward']:.1f} | {part['backward']:.1f} "
+                     f"| {part['clip']:.1f} | {part['optimizer']:.1f} |")  # fmt: skip
+    payload = {"rounds": rounds, "steps": steps, "runs": {f"{p} {layer}": v for (p, layer), v in variants.items()}}
+    write_result("step_parts_last_layer", payload, "\n".join(lines))
 
 
 def gemm_ms_per_step(precision: str, steps: int) -> float:
@@ -93,7 +120,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--last-layer", action="store_true", help="the packed last layer: every token vs first tokens")
     args = parser.parse_args()
+    if args.last_layer:
+        return last_layer_study(args.rounds, args.steps)
     variants = {(p, kept): [] for p in ("fp32", "bf16") for kept in (False, True)}
     for _ in range(args.rounds):
         for (precision, kept), results in variants.items():

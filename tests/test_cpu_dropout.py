@@ -24,6 +24,18 @@ def test_drops_at_rate_p_and_scales_the_rest(p: float):
     assert torch.equal(x.grad, (y != 0).float() / (1 - p))
 
 
+def test_the_fused_apply_is_bit_identical_to_masking_then_scaling():
+    from launcher.train.cpu_dropout import _scaled
+
+    x = torch.randn(257, 384, dtype=torch.float32)
+    keep = torch.rand(257, 384) > 0.1
+    for dtype in (torch.float32, torch.bfloat16):
+        y = x.to(dtype)
+        assert torch.equal(_scaled(y, keep, 1 / 0.9), y.masked_fill(~keep, 0).mul_(1 / 0.9))
+    scale_or_zero = torch.where(keep, 1 / 0.9, 0.0)  # what an fp32 dropout keeps for its two multiplies
+    assert torch.equal(_scaled(x, scale_or_zero, 1 / 0.9), x.masked_fill(~keep, 0).mul_(1 / 0.9))
+
+
 def test_the_same_torch_seed_draws_the_same_mask():
     x = torch.ones(64, 64)
     torch.manual_seed(7)

@@ -90,6 +90,19 @@ def test_token_wise_layers_see_only_real_tokens():
     assert seen == [torch.Size([1, 12 + 7 + 3 + 9, 32])]  # 31 real tokens, not 4 x 12 = 48
 
 
+def test_the_last_layer_computes_only_what_the_pooler_reads():
+    """Keys and values of every real token, queries and the feed-forward for each row's first token."""
+    model = use_and_check(tiny_bert()).train()
+    last = model.bert.encoder.layer[-1]
+    seen = {}
+    for name, module in [("key", last.attention.self.key), ("query", last.attention.self.query),
+                         ("feed-forward", last.intermediate.dense)]:  # fmt: skip
+        module.register_forward_hook(lambda m, i, o, name=name: seen.update({name: i[0].shape}))
+    model(**padded_batch())
+    assert seen == {"key": torch.Size([1, 31, 32]), "query": torch.Size([4, 1, 32]),
+                    "feed-forward": torch.Size([4, 1, 32])}  # fmt: skip
+
+
 @pytest.mark.parametrize("case", ["eval", "no padding", "left padding"])
 def test_what_cannot_gain_or_keep_the_math_runs_padded(case):
     model = use_and_check(tiny_bert()).train()
@@ -102,9 +115,10 @@ def test_what_cannot_gain_or_keep_the_math_runs_padded(case):
         batch["attention_mask"] = batch["attention_mask"].flip(1)
         assert Packing.of(batch["attention_mask"]) is None
     seen = []
-    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    for layer in model.bert.encoder.layer:
+        layer.intermediate.dense.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     model(**batch)
-    assert seen == [torch.Size([4, 12, 32])]
+    assert seen == [torch.Size([4, 12, 32])] * 2
 
 
 def test_dropout_still_drops_and_the_seed_replays_it():
@@ -150,6 +164,22 @@ def test_the_setup_check_refuses_packing_that_changes_the_math(monkeypatch):
     assert reason and "differ" in reason
     assert "forward" not in model.__dict__ and "forward" not in model.bert.pooler.__dict__
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_setup_check_refuses_a_last_layer_that_changes_the_math(monkeypatch):
+    import launcher.train.packing as packing
+
+    first_tokens_layer = packing.first_tokens_layer
+
+    def doubled_when_packed(*args, **kwargs):  # the padded forward runs this layer too, untouched
+        out = first_tokens_layer(*args, **kwargs)
+        return 2 * out if kwargs.get("ftl_packing") is not None else out
+
+    monkeypatch.setattr(packing, "first_tokens_layer", doubled_when_packed)
+    model = tiny_bert()
+    reason = use_packed_sequences(model)
+    assert reason and "differ" in reason
+    assert "forward" not in model.bert.encoder.layer[-1].__dict__ and "forward" not in model.__dict__
 
 
 def test_saved_model_names_no_packed_attention(tmp_path):

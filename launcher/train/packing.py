@@ -9,10 +9,14 @@ its real tokens laid end to end as one row of T tokens:
 - attention scatters queries, keys and values back to the padded layout, attends there under the
   usual padding mask (with whatever attention the model runs: SDPA, eager, numpy dropout masks), and
   gathers the real tokens again: padding never reaches a real token, exactly as before;
-- the pooler reads each row's first token from its place in the packed row.
+- the last layer computes keys and values for every real token but the rest (queries, attention,
+  output projection, feed-forward: 80% of a layer's work) only for each row's first token, the one
+  the pooler and the classifier read: the other tokens' last-layer states reach no loss;
+- the pooler reads each row's first token.
 The math per real token is the padded batch's; sums differ only in float order (checked at setup).
-Numpy dropout masks (train.cpu_dropout) are drawn for the padded layout and kept at the real tokens:
-a packed step draws the masks the padded step draws, so packing changes speed and nothing else.
+Numpy dropout masks (train.cpu_dropout) are drawn for the padded layout and kept where the packed
+batch uses them: a packed step draws the masks the padded step draws, so packing changes speed and
+nothing else.
 
 Only for BERT sequence classifiers in training mode with right padding (what ftlaunch's collator
 makes); evaluation and everything else take the model's own forward.
@@ -68,19 +72,87 @@ class Packing:
         flat = padded.reshape(self.rows * self.width, *padded.shape[2:])
         return flat.index_select(0, self.index).unsqueeze(0)
 
+    # Dropout masks (launcher.train.cpu_dropout): a packed [1, T, hidden] tensor is the padded batch's
+    # [rows, width, hidden] one at its real tokens.
+    def padded_shape(self, shape: torch.Size) -> tuple[int, ...] | None:
+        if len(shape) == 3 and shape[0] == 1 and shape[1] == self.tokens:
+            return (self.rows * self.width, shape[2])
+        return None
+
+    def from_padded(self, mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return mask.index_select(0, self.index).view(shape)
+
+
+@dataclass(frozen=True)
+class FirstTokens:
+    """Inside the last layer of a packed batch only each row's first token goes on: [rows, 1, hidden]
+    tensors, and attention probabilities [rows, heads, 1, width] of those tokens' queries. Each is
+    the padded batch's tensor at column 0 (its query row 0), for dropout masks as for Packing."""
+
+    rows: int
+    width: int
+
+    def padded_shape(self, shape: torch.Size) -> tuple[int, ...] | None:
+        if len(shape) == 3 and shape[:2] == (self.rows, 1):
+            return (self.rows, self.width, shape[2])
+        if len(shape) == 4 and shape[0] == self.rows and shape[2:] == (1, self.width):
+            return (self.rows, shape[1], self.width, self.width)
+        return None
+
+    def from_padded(self, mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return mask.narrow(-2, 0, 1).contiguous().view(shape)
+
 
 def packed_attention(module, query, key, value, attention_mask, *, inner: str, ftl_packing: Packing | None = None,
                      **kwargs):  # fmt: skip
     """The model's own attention (`inner`), run on the padded layout of a packed batch (whose mask,
     built for that layout, is `attention_mask`)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    attend = ALL_ATTENTION_FUNCTIONS[inner] if inner != "eager" else _eager(module)
+    attend = _attention(inner, module)
     if ftl_packing is None:
         return attend(module, query, key, value, attention_mask, **kwargs)
     unpack = ftl_packing.unpack
     output, weights = attend(module, unpack(query), unpack(key), unpack(value), attention_mask, **kwargs)
     return ftl_packing.pack(output), weights
+
+
+def first_tokens_layer(layer, plain_forward, inner: str, hidden_states, attention_mask=None,
+                       encoder_hidden_states=None, *args, **kwargs):  # fmt: skip
+    """The encoder's last layer for a packed batch: keys and values for every real token, everything
+    else (queries, attention, output projection, feed-forward) for each row's first token only, which
+    is all the pooler reads. Returns [rows, 1, hidden]; the pooler takes column 0 of it as it would of
+    the padded batch. Any other call runs the layer's own forward."""
+    packing = kwargs.get("ftl_packing")
+    if (packing is None or args or encoder_hidden_states is not None or kwargs.get("cache") is not None
+            or hidden_states.shape[:2] != (1, packing.tokens)):  # fmt: skip
+        return plain_forward(hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
+    attention = layer.attention.self
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    first = hidden_states[0, packing.starts].unsqueeze(1)  # [rows, 1, hidden]
+
+    def by_head(states):  # [..., tokens, hidden] -> [..., heads, tokens, size]
+        return states.view(*states.shape[:-1], heads, size).transpose(-3, -2)
+
+    query = by_head(attention.query(first))
+    key = packing.unpack(by_head(attention.key(hidden_states)))
+    value = packing.unpack(by_head(attention.value(hidden_states)))
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] != 1:
+        attention_mask = attention_mask[:, :, :1]  # the first tokens' queries
+    state = _CURRENT.set(FirstTokens(packing.rows, packing.width))
+    try:
+        dropout = attention.dropout.p if attention.training else 0.0
+        context, _ = _attention(inner, attention)(attention, query, key, value, attention_mask, dropout=dropout,
+                                                  scaling=attention.scaling)  # fmt: skip
+        attention_output = layer.attention.output(context.reshape(packing.rows, 1, -1), first)
+        return layer.feed_forward_chunk(attention_output)
+    finally:
+        _CURRENT.reset(state)
+
+
+def _attention(inner: str, module):
+    """The attention function transformers would call for `inner` in `module`'s model."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ALL_ATTENTION_FUNCTIONS[inner] if inner != "eager" else _eager(module)
 
 
 def _eager(module):
@@ -165,6 +237,8 @@ def use_packed_sequences(model) -> str | None:
 
     model.forward = MethodType(forward, model)  # bound, as accelerate's autocast wrapper expects
     model.bert.pooler.forward = pooler
+    last = model.bert.encoder.layer[-1]
+    last.forward = partial(first_tokens_layer, last, last.forward, inner)
     reason = _disagrees(model, plain_forward)
     if reason:
         undo(model, inner)
@@ -175,6 +249,7 @@ def use_packed_sequences(model) -> str | None:
 def undo(model, inner: str) -> None:
     model.__dict__.pop("forward", None)
     model.bert.pooler.__dict__.pop("forward", None)
+    model.bert.encoder.layer[-1].__dict__.pop("forward", None)
     model.set_attn_implementation(inner)
 
 
