@@ -86,6 +86,14 @@ def run(precision: str, kept: bool, steps: int, env: dict | None = None, last_la
                            last_layer], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
 
 
+def timing_cells(results: list[dict]) -> str:
+    """Mean step (median over rounds, min-max), then the median step and its parts, in ms, as table cells."""
+    step = [r["mean_step"] for r in results]
+    part = {name: statistics.median(r[name] for r in results) for name in ("step", "forward", "backward", "clip", "optimizer")}
+    return (f"{statistics.median(step):.1f} ({min(step):.1f}-{max(step):.1f}) | {part['step']:.1f} | {part['forward']:.1f} "
+            f"| {part['backward']:.1f} | {part['clip']:.1f} | {part['optimizer']:.1f}")  # fmt: skip
+
+
 def last_layer_study(rounds: int, steps: int) -> None:
     """Packed steps with the last layer on every real token vs on each row's first token (kept gradient on)."""
     from launcher.cpu import native_bf16
@@ -99,11 +107,8 @@ def last_layer_study(rounds: int, steps: int) -> None:
     lines = ["| precision | last layer | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (precision, layer), results in variants.items():
-        step = [r["mean_step"] for r in results]
-        part = {name: statistics.median(r[name] for r in results) for name in ("step", "forward", "backward", "clip", "optimizer")}
-        lines.append(f"| {precision} | {'every real token' if layer == 'all' else 'first tokens (ftlaunch)'} | {statistics.median(step):.1f} "
-                     f"({min(step):.1f}-{max(step):.1f}) | {part['step']:.1f} | {part['forward']:.1f} | {part['backward']:.1f} "
-                     f"| {part['clip']:.1f} | {part['optimizer']:.1f} |")  # fmt: skip
+        name = "every real token" if layer == "all" else "first tokens (ftlaunch)"
+        lines.append(f"| {precision} | {name} | {timing_cells(results)} |")
     payload = {"rounds": rounds, "steps": steps, "runs": {f"{p} {layer}": v for (p, layer), v in variants.items()}}
     write_result("step_parts_last_layer", payload, "\n".join(lines))
 
@@ -134,11 +139,8 @@ def main() -> None:
     lines = ["| precision | word-embedding gradient | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer | oneDNN matmuls |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (precision, kept), results in variants.items():
-        step = [r["mean_step"] for r in results]
-        part = {name: statistics.median(r[name] for r in results) for name in ("step", "forward", "backward", "clip", "optimizer")}
-        lines.append(f"| {precision} | {'kept buffer' if kept else 'fresh each step'} | {statistics.median(step):.1f} "
-                     f"({min(step):.1f}-{max(step):.1f}) | {part['step']:.1f} | {part['forward']:.1f} | {part['backward']:.1f} | {part['clip']:.1f} "
-                     f"| {part['optimizer']:.1f} | {gemms[precision] if kept else ''} |")  # fmt: skip
+        lines.append(f"| {precision} | {'kept buffer' if kept else 'fresh each step'} | {timing_cells(results)} "
+                     f"| {gemms[precision] if kept else ''} |")  # fmt: skip
     payload = {"rounds": args.rounds, "steps": args.steps, "runs": {f"{p} {'kept' if k else 'plain'}": v for (p, k), v in variants.items()},
                "onednn_matmul_ms_per_step": gemms}  # fmt: skip
     write_result("step_parts", payload, "\n".join(lines))

@@ -2,9 +2,9 @@
 
 torch draws CPU dropout masks with `bernoulli_`, about 8 ns per element on these machines: a MiniLM
 step at batch 8 x 64 tokens draws 5 million (hidden states and attention probabilities), 35-40 ms
-of a 0.25 s step. numpy's SFC64 gives four 16-bit words per raw 64-bit output, about 0.7 ns per element. The masks keep
-dropout's definition: each element is dropped independently with probability p (quantised to
-1/65536: 0.1 -> 6554/65536, off by under 1e-5) and the kept ones are scaled by 1/(1-p).
+of a 0.25 s step. numpy's SFC64 gives four 16-bit words per raw 64-bit output, about 0.7 ns per
+element. The masks keep dropout's definition: each element is dropped independently with probability
+p (quantised to 1/65536: 0.1 -> 6554/65536, off by under 1e-5) and the kept ones are scaled by 1/(1-p).
 
 Each mask's generator is seeded with one draw from torch's default generator, which the training
 loop reseeds for every micro-batch: a resumed run draws the same masks for the same rows, as it did
