@@ -72,7 +72,7 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         keep = keep_mask(x.shape, p)
         ctx.scale = 1.0 / (1.0 - p)
-        if x.dtype == torch.float32:  # scale or 0 per element, so that each use is one multiply
+        if x.dtype == torch.float32:  # scale or 0 per element: each use is one multiply (4 bytes kept, not 1)
             keep = torch.where(keep, ctx.scale, 0.0)
         ctx.save_for_backward(keep)
         return _scaled(x, keep, ctx.scale)
