@@ -107,7 +107,8 @@ class TrainSpec(Section):
     )
     packed_sequences: Literal["auto", "off"] = Field(
         "auto", description="on CPU with dynamic padding: the encoder runs on each training batch's real tokens "
-        "only (same rows, same math; BERT sequence classifiers, checked at setup); off: padded batches",
+        "only, its last layer on each row's first token only (what the classifier reads) (same rows, same math; "
+        "BERT sequence classifiers, checked at setup); off: padded batches",
     )
     eval_strategy: Literal["epoch", "steps", "no"] = Field("epoch", description="when to evaluate (always also at the end)")
     eval_steps: int | None = Field(None, ge=1, description="with eval_strategy: steps")
