@@ -12,7 +12,6 @@ its real tokens laid end to end as one row of T tokens:
 - the last layer computes keys and values for every real token but the rest (queries, attention,
   output projection, feed-forward: 80% of a layer's work) only for each row's first token, the one
   the pooler and the classifier read: the other tokens' last-layer states reach no loss;
-- the pooler reads each row's first token.
 The math per real token is the padded batch's; sums differ only in float order (checked at setup).
 Numpy dropout masks (train.cpu_dropout) are drawn for the padded layout and kept where the packed
 batch uses them: a packed step draws the masks the padded step draws, so packing changes speed and
@@ -30,7 +29,7 @@ from types import MethodType
 
 import torch
 
-from launcher.train.cpu_dropout import packed_layout as _CURRENT  # the pooler and numpy dropout read it
+from launcher.train.cpu_dropout import packed_layout as _CURRENT  # numpy dropout reads it
 
 PACKED_PREFIX = "ftlaunch_packed:"  # + the attention implementation it wraps
 
@@ -120,7 +119,8 @@ def first_tokens_layer(layer, plain_forward, inner: str, hidden_states, attentio
     """The encoder's last layer for a packed batch: keys and values for every real token, everything
     else (queries, attention, output projection, feed-forward) for each row's first token only, which
     is all the pooler reads. Returns [rows, 1, hidden]; the pooler takes column 0 of it as it would of
-    the padded batch. Any other call runs the layer's own forward."""
+    the padded batch. Any other call runs the layer's own forward (on a packed batch that would hand the
+    pooler the packed row, and the setup check would refuse packing)."""
     packing = kwargs.get("ftl_packing")
     if (packing is None or args or encoder_hidden_states is not None or kwargs.get("cache") is not None
             or hidden_states.shape[:2] != (1, packing.tokens)):  # fmt: skip
@@ -203,7 +203,7 @@ def use_packed_sequences(model) -> str | None:
     name = PACKED_PREFIX + inner
     AttentionInterface.register(name, partial(packed_attention, inner=inner))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])  # unpacked (evaluation) batches
-    plain_forward, plain_pooler = model.forward, model.bert.pooler.forward
+    plain_forward = model.forward
     model.set_attn_implementation(name)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *args, **kwargs):
@@ -229,14 +229,7 @@ def use_packed_sequences(model) -> str | None:
         finally:
             _CURRENT.reset(state)
 
-    def pooler(hidden_states):
-        packing = _CURRENT.get()
-        if packing is not None and hidden_states.shape[:2] == (1, packing.tokens):
-            hidden_states = hidden_states[0, packing.starts].unsqueeze(1)  # each row's first token
-        return plain_pooler(hidden_states)
-
     model.forward = MethodType(forward, model)  # bound, as accelerate's autocast wrapper expects
-    model.bert.pooler.forward = pooler
     last = model.bert.encoder.layer[-1]
     last.forward = partial(first_tokens_layer, last, last.forward, inner)
     reason = _disagrees(model, plain_forward)
@@ -248,7 +241,6 @@ def use_packed_sequences(model) -> str | None:
 
 def undo(model, inner: str) -> None:
     model.__dict__.pop("forward", None)
-    model.bert.pooler.__dict__.pop("forward", None)
     model.bert.encoder.layer[-1].__dict__.pop("forward", None)
     model.set_attn_implementation(inner)
 
