@@ -7,7 +7,8 @@
 A spec is POINT[#N][@RANK]:ACTION, several separated by commas. #N: at the point's N-th visit
 (for train.step: after step N); @RANK: on that global rank only. Every action first writes
 FTL_FAULT_DIR/POINT@RANK.reached (pid, time). Actions: pause (then wait for POINT@RANK.release or
-any handled signal), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError).
+any handled signal; a signal also writes POINT@RANK.woken, so a test releases later attempts only
+once this one has its stop request), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError).
 Unset, a fault point costs one truthiness test.
 """
 
@@ -49,12 +50,16 @@ def parse(text: str) -> list[Fault]:
 _FAULTS = parse(os.environ.get(ENV, ""))
 _visits: dict[str, int] = {}
 _woken = False
+_paused: Path | None = None  # the pause under way: its "woken" marker
 
 
 def wake() -> None:
-    """A signal handler of this process ran: a paused fault point goes on."""
+    """A signal handler of this process ran: a paused fault point goes on (the handler may also
+    raise out of the pause, hence the marker is written here)."""
     global _woken
     _woken = True
+    if _paused is not None:
+        _paused.write_text(json.dumps({"pid": os.getpid(), "time": time.time()}))
 
 
 def reach(point: str, visit: int | None = None) -> None:
@@ -80,6 +85,11 @@ def _act(fault: Fault, rank: int) -> None:
         os._exit(1)
     if fault.action == "raise":
         raise RuntimeError(f"fault injected at {fault.point}")
+    global _paused
     deadline = time.monotonic() + PAUSE_LIMIT_S
-    while not _woken and not (folder / f"{name}.release").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _paused = folder / f"{name}.woken"
+    try:
+        while not _woken and not (folder / f"{name}.release").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _paused = None

@@ -273,11 +273,16 @@ def test_fault_matrix_on_slurm(cell: SlurmCell, slurm_cluster, tmp_path, referen
     wait_for(reached.exists, 300, reached.name)
     faulted = time.monotonic()
     release = faults_dir / f"{fault.point}@{fault.rank or 0}.release"  # a later attempt passes the point
+    woken = faults_dir / f"{fault.point}@{fault.rank or 0}.woken"
+    # scancel returns before slurmd has signalled the step: released earlier, the paused rank could
+    # go on a step or an evaluation before its stop request, and stop somewhere else
     if cell.deliver == "usr2":
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        wait_for(woken.exists, 60, woken.name)
         release.touch()
     else:
         subprocess.run(["scancel", job_id], check=True, timeout=30)
+        wait_for(woken.exists, 60, woken.name)
         release.touch()
         assert wait_final(job_id, timeout=120) == "CANCELLED"
         wait_for(lambda: not processes_of(run_dir), STOP_LIMIT_S, f"the run's processes to end: {processes_of(run_dir)}")

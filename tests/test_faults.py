@@ -1,0 +1,57 @@
+"""The fault points the matrix breaks runs at: a paused point goes on when released or signalled,
+and says which (the Slurm cells release later attempts only once the signal has arrived)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftl_support import REPO
+
+PAUSED_RANK = """
+import signal, sys
+from launcher import faults
+def handler(signum, frame):
+    faults.wake()
+    if sys.argv[1] == "raise":
+        raise SystemExit(3)  # a handler outside the training loop stops the rank at once
+signal.signal(signal.SIGTERM, handler)
+faults.reach("demo.point")
+print("went on", flush=True)
+"""
+
+
+def paused(tmp_path: Path, mode: str) -> subprocess.Popen:
+    env = dict(os.environ, FTL_FAULT="demo.point@0:pause", FTL_FAULT_DIR=str(tmp_path), RANK="0")
+    proc = subprocess.Popen([sys.executable, "-c", PAUSED_RANK, mode], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "demo.point@0.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the fault point was never reached"
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize("mode", ["return", "raise"])
+def test_a_signal_ends_the_pause_and_leaves_a_woken_marker(tmp_path, mode):
+    proc = paused(tmp_path, mode)
+    time.sleep(0.2)
+    assert proc.poll() is None, "the pause ended on its own"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == (0 if mode == "return" else 3)
+    assert ("went on" in out) == (mode == "return")
+    assert (tmp_path / "demo.point@0.woken").exists()
+
+
+def test_a_release_ends_the_pause_without_a_woken_marker(tmp_path):
+    proc = paused(tmp_path, "return")
+    (tmp_path / "demo.point@0.release").touch()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "went on" in out
+    assert not (tmp_path / "demo.point@0.woken").exists()
