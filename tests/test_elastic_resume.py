@@ -169,6 +169,10 @@ def test_an_elastic_slurm_job_requeued_on_fewer_nodes_finishes_where_it_would_ha
     subprocess.run([*drain, "State=DRAIN", "Reason=ftlaunch-elastic-test"], check=True, timeout=30)
     try:
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        deadline = time.monotonic() + 60  # the warning reached the paused rank: it stops at step 7
+        while not (faults / "train.step@0.woken").exists():
+            assert time.monotonic() < deadline, "the USR2 warning never reached rank 0"
+            time.sleep(0.1)
         (faults / "train.step@0.release").touch()
         state = wait_final(job_id, timeout=600)
     finally:
