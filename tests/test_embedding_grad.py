@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def any_size(monkeypatch):
     """Small tables take the kept path too (the real threshold is 32 MiB)."""
     monkeypatch.setattr(embedding_grad, "MIN_BYTES", 0)
+    monkeypatch.setattr(embedding_grad, "_rows_norm_exact", None)  # checked afresh by each test
 
 
 def twin_embeddings(padding_idx, rows=1000, dim=16):
@@ -118,6 +119,113 @@ def test_a_bert_classifier_trains_identically_with_the_kept_gradient(any_size):
         assert torch.equal(a, b), name
 
 
+class TiedHead(torch.nn.Module):
+    """A table whose weight a second use reads too (as a tied LM head does)."""
+
+    def __init__(self, rows=1000, dim=16):
+        super().__init__()
+        self.words = torch.nn.Embedding(rows, dim, padding_idx=0)
+
+    def forward(self, ids):
+        states = self.words(ids)
+        return states.sum() + (states @ self.words.weight.T).pow(2).mean()
+
+
+def clipped_steps(accelerator, plain, kept, loss, batches, accumulate=1, max_norm=1.0):
+    """The loop's step on twin models: backward per micro-batch, clip, fused AdamW, zero_grad; torch's
+    own clip on `plain`, ftlaunch's on `kept`. Returns the kept model's row record after each clip
+    (backward passes on record, None: none)."""
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True) for m in (plain, kept)]
+    records = []
+    for step, micro_batches in enumerate(zip(*[iter(batches)] * accumulate)):
+        for model, optimizer in zip((plain, kept), optimizers):
+            for ids in micro_batches:
+                loss(model, ids).backward()
+            if model is plain:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            else:
+                embedding_grad.clip_grad_norm_(accelerator, model.parameters(), max_norm)
+                records.append(_record(kept))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for (name, a), b in zip(plain.named_parameters(), kept.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=f"step {step}: {name}")
+    return records
+
+
+def _record(model):
+    (buffer,) = {id(m._ftl_kept_gradient): m._ftl_kept_gradient for m in model.modules() if hasattr(m, "_ftl_kept_gradient")}.values()
+    return None if buffer.written is None else len(buffer.written)
+
+
+def batches_of_ids(count, vocab=1000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 60, (4, 10), generator=generator) for _ in range(count)]  # 60 of 1000 rows
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipping", "not-clipping"])
+@pytest.mark.parametrize("accumulate", [1, 3])
+@pytest.mark.parametrize("dim", [16, 384])  # 384 (MiniLM's): the norm too is read from the rows on record
+def test_clipping_and_zeroing_the_written_rows_only_is_torchs_result_bit_for_bit(any_size, accelerator, max_norm,
+                                                                                accumulate, dim):  # fmt: skip
+    plain, kept = twin_embeddings(0, dim=dim)
+    loss = lambda model, ids: (model(ids).pow(2) * torch.arange(float(dim))).sum()  # noqa: E731
+    records = clipped_steps(accelerator, plain, kept, loss, batches_of_ids(4 * accumulate), accumulate, max_norm)
+    assert records == [accumulate] * 4  # every step took the rows on record
+    assert embedding_grad._rows_norm_exact is (True if dim == 384 else None)
+    # what the next step zeroes: every non-zero row of the kept memory is on record
+    gradient = kept._ftl_kept_gradient
+    memory = torch.empty(0).set_(gradient.storage, 0, kept.weight.shape)
+    assert set(memory.any(1).nonzero().flatten().tolist()) <= set(gradient.rows().tolist())
+
+
+def test_a_second_use_of_the_weight_voids_the_record_and_the_result_stays_torchs(any_size, accelerator):
+    torch.manual_seed(0)
+    plain, kept = TiedHead(), TiedHead()
+    kept.load_state_dict(plain.state_dict())
+    assert keep_embedding_gradients(kept) == ["words"]
+    records = clipped_steps(accelerator, plain, kept, lambda model, ids: model(ids), batches_of_ids(3), max_norm=1e-3)
+    assert records == [None, None, None]
+
+
+def test_a_non_finite_norm_spreads_as_in_torch_and_voids_the_record(any_size, accelerator):
+    plain, kept = twin_embeddings(0)
+    batches = batches_of_ids(3)
+    def loss(model, ids):  # the second step's gradient holds a NaN
+        out = model(ids)
+        return out.sum() * (float("nan") if ids is batches[1] else 1.0)
+    records = clipped_steps(accelerator, plain, kept, loss, batches)
+    assert records == [1, None, 1]  # the NaN went to every row; the next step zeroed the whole table
+    assert kept.weight.isnan().all()
+
+
+def test_the_rows_norm_is_used_only_after_it_matched_the_whole_tables(any_size):
+    """The once-per-process check: rows whose norm is not the table's (here a row left off the record,
+    as a kernel that sums in another order would give) turn the shortcut off for good."""
+    grad = torch.zeros(100, 128)
+    grad[[3, 50, 70]] = torch.randn(3, 128)
+    whole = torch.linalg.vector_norm(grad)
+    assert torch.equal(embedding_grad._norm(grad, torch.tensor([3, 50])), whole)  # the check: the whole table's
+    assert embedding_grad._rows_norm_exact is False
+    assert torch.equal(embedding_grad._norm(grad, torch.tensor([3, 50])), whole)  # and from then on
+
+
+def test_a_loop_that_never_frees_the_gradient_stops_recording(any_size):
+    plain, kept = twin_embeddings(0)
+    for ids in batches_of_ids(embedding_grad.MAX_RECORDED + 2):
+        backward(plain, ids, torch.ones(4, 10, 16))
+        backward(kept, ids, torch.ones(4, 10, 16))
+    assert kept._ftl_kept_gradient.written is None
+    assert torch.equal(kept.weight.grad, plain.weight.grad)
+
+
 DDP = textwrap.dedent(
     """
     import os, sys
@@ -138,6 +246,7 @@ DDP = textwrap.dedent(
         for model in models:
             (model(ids) ** 2).sum().backward()
         assert torch.equal(kept.weight.grad, plain.weight.grad), step  # both averaged over the two ranks
+        assert kept._ftl_kept_gradient.written is None  # the average brought the other rank's rows
         addresses.add(kept.weight.grad.data_ptr())
         plain.weight.grad = kept.weight.grad = None
     assert len(addresses) == 1, addresses

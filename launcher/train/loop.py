@@ -23,6 +23,7 @@ from launcher import faults
 from launcher.plan.steps import Schedule
 from launcher.recipe.schema import Recipe
 from launcher.train.checkpoint import Position
+from launcher.train.embedding_grad import clip_grad_norm_
 from launcher.train.evaluation import evaluate
 
 
@@ -162,7 +163,7 @@ class Trainer:
                     outputs = self.model(**batch)
                     self.accelerator.backward(outputs.loss)
                     if self.accelerator.sync_gradients and train.max_grad_norm:
-                        self.accelerator.clip_grad_norm_(self.model.parameters(), train.max_grad_norm)
+                        clip_grad_norm_(self.accelerator, self.model.parameters(), train.max_grad_norm)
                     self.optimizer.step()
                     if self.accelerator.sync_gradients and not self.accelerator.optimizer_step_was_skipped:
                         self.scheduler.step()
