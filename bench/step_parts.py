@@ -1,12 +1,14 @@
 """Where a MiniLM training step's time goes, fp32 and bf16, as ftlaunch trains on CPU, with and without
 the kept word-embedding gradient (launcher.train.embedding_grad), or (--last-layer) with the packed
-batch's last layer on every real token or on each row's first token only (launcher.train.packing).
+batch's last layer on every real token or on each row's first token only (launcher.train.packing), or
+(--rows) with the kept gradient's row record or without it (whole-table zeroing, norm and scaling).
 
     python bench/step_parts.py                 # ~8 min
     python bench/step_parts.py --last-layer    # ~8 min: fp32 (and bf16 where the CPU has it)
+    python bench/step_parts.py --rows          # ~5 min: fp32
 
 The same 45 random MRPC batches of 8 for every variant, packed (launcher.train.packing), numpy dropout
-masks, glibc memory kept, oneDNN linear layers in fp32 (bf16 autocast picks its own), clipping at 1.0,
+masks, glibc memory kept, the linear layers a run picks (bf16 autocast picks its own), ftlaunch's clipping at 1.0,
 fused AdamW: ftlaunch's step without its loop. Each variant runs in its own process, interleaved over
 rounds (A B C D A B C D ...): the mean step (what a run's time adds up to, stalls included), the
 median step and its parts (forward, backward, clip, optimizer) in ms, over 40 steps after 5 warm-up steps. One more process per precision runs with ONEDNN_VERBOSE and sums the
@@ -33,10 +35,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from launcher.train.cpu_dropout import use_numpy_dropout
 from launcher.train.cpu_kernels import choose_cpu_linear, route_linears_to_onednn
-from launcher.train.embedding_grad import keep_embedding_gradients
+from launcher.train.embedding_grad import clip_grad_norm_, keep_embedding_gradients
+from accelerate import Accelerator
+accelerator = Accelerator(cpu=True)
 from launcher.train.packing import use_packed_sequences
 precision, kept, model_dir, mrpc, steps = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], int(sys.argv[5])
 last_layer_all_tokens = sys.argv[6] == "all"
+whole_table = sys.argv[7] == "whole"  # the kept gradient's row record dropped after every backward
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 rows = [json.loads(line) for line in open(mrpc + "/train.jsonl")]
 order = random.Random(0)
@@ -66,8 +71,10 @@ for index, batch in enumerate(batches):
         loss = model(**batch).loss
     t1 = time.perf_counter()
     loss.backward()
+    if whole_table:
+        model.bert.embeddings.word_embeddings._ftl_kept_gradient.forget()
     t2 = time.perf_counter()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    clip_grad_norm_(accelerator, model.parameters(), 1.0)
     t3 = time.perf_counter()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -81,9 +88,10 @@ print(json.dumps(result))
 """
 
 
-def run(precision: str, kept: bool, steps: int, env: dict | None = None, last_layer: str = "first") -> subprocess.CompletedProcess:
+def run(precision: str, kept: bool, steps: int, env: dict | None = None, last_layer: str = "first",
+        table: str = "rows") -> subprocess.CompletedProcess:  # fmt: skip
     return subprocess.run([sys.executable, "-c", STEP, precision, str(int(kept)), str(minilm_dir()), str(mrpc_dir()), str(steps),
-                           last_layer], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
+                           last_layer, table], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def timing_cells(results: list[dict]) -> str:
@@ -113,6 +121,22 @@ def last_layer_study(rounds: int, steps: int) -> None:
     write_result("step_parts_last_layer", payload, "\n".join(lines))
 
 
+def rows_study(rounds: int, steps: int) -> None:
+    """fp32 packed steps with the kept word-embedding gradient: its row record (as shipped) vs whole-table
+    zeroing, norm and scaling (the record dropped after each backward, as before it existed)."""
+    variants = {table: [] for table in ("whole", "rows")}
+    for _ in range(rounds):
+        for table, results in variants.items():
+            results.append(json.loads(run("fp32", True, steps, table=table).stdout.strip().splitlines()[-1]))
+            print(table, results[-1], flush=True)
+    lines = ["| word-embedding gradient | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for table, results in variants.items():
+        name = "rows on record (ftlaunch)" if table == "rows" else "whole table"
+        lines.append(f"| {name} | {timing_cells(results)} |")
+    write_result("step_parts_rows", {"rounds": rounds, "steps": steps, "runs": variants}, "\n".join(lines))
+
+
 def gemm_ms_per_step(precision: str, steps: int) -> float:
     """oneDNN's own timing of every matmul it ran, per step (warm-up steps included, so a slight overestimate)."""
     out = run(precision, True, steps, {"ONEDNN_VERBOSE": "all"}).stdout.splitlines()
@@ -126,9 +150,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--last-layer", action="store_true", help="the packed last layer: every token vs first tokens")
+    parser.add_argument("--rows", action="store_true", help="the kept embedding gradient: rows on record vs whole table")
     args = parser.parse_args()
     if args.last_layer:
         return last_layer_study(args.rounds, args.steps)
+    if args.rows:
+        return rows_study(args.rounds, args.steps)
     variants = {(p, kept): [] for p in ("fp32", "bf16") for kept in (False, True)}
     for _ in range(args.rounds):
         for (precision, kept), results in variants.items():
