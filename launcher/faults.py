@@ -8,7 +8,8 @@ A spec is POINT[#N][@RANK]:ACTION, several separated by commas. #N: at the point
 (for train.step: after step N); @RANK: on that global rank only. Every action first writes
 FTL_FAULT_DIR/POINT@RANK.reached (pid, time). Actions: pause (then wait for POINT@RANK.release or
 any handled signal; a signal also writes POINT@RANK.woken, so a test releases later attempts only
-once this one has its stop request), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError).
+once this one has its stop request), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError),
+abort (os.abort(): SIGABRT, as a native library's std::terminate or assert would).
 Unset, a fault point costs one truthiness test.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 ENV = "FTL_FAULT"
 DIR_ENV = "FTL_FAULT_DIR"
-ACTIONS = ("pause", "kill", "exit", "raise")
+ACTIONS = ("pause", "kill", "exit", "raise", "abort")
 PAUSE_LIMIT_S = 300
 
 
@@ -83,6 +84,8 @@ def _act(fault: Fault, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if fault.action == "exit":
         os._exit(1)
+    if fault.action == "abort":
+        os.abort()
     if fault.action == "raise":
         raise RuntimeError(f"fault injected at {fault.point}")
     global _paused

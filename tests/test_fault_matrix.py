@@ -27,6 +27,7 @@ import pytest
 from ftl_support import MRPC_RECIPE, REPO, ftlaunch, local_mrpc_overrides, only_run_dir, read_records
 from launcher.faults import parse
 from launcher.processes import mentioning
+from launcher.rundir.layout import node_log_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_thread_per_rank")]
 
@@ -74,6 +75,7 @@ class Cell:
     expect_line: str = ""  # in the submit output (stderr + stdout)
     resumable: bool = True
     resume_from: int | set[int] | None = None  # the checkpoint step(s) the resumed attempt may load
+    node_log_lines: tuple[str, ...] = ()  # in logs/node-{node}.log
 
 
 CELLS = [
@@ -86,6 +88,10 @@ CELLS = [
          expect_line="stopped at step 1 with a checkpoint", resume_from=1),
     Cell("mid-epoch x SIGKILL rank 1", "train.step#12@1:kill", "self",
          expect_line="ftlaunch: job failed: node 1: rank 1 (pid", resume_from=8),
+    # a native abort (std::terminate in a comm library): the rank's Python stack is in its node's log
+    Cell("mid-epoch x SIGABRT rank 1", "train.step#12@1:abort", "self", node=1,
+         expect_line="ftlaunch: job failed: node 1: rank 1 (pid", resume_from=8,
+         node_log_lines=("Fatal Python error: Aborted", 'launcher/faults.py", line', "in _act", "in fit")),
     Cell("mid-epoch x SIGKILL agent 1", "train.step#12@1:pause", "agent-kill", node=1,
          expect_line="ftlaunch: job failed: node 1 exited with code -9 (killed by SIGKILL)", resume_from=12),
     Cell("mid-epoch x SIGKILL submit", "train.step#12@0:pause", "submit-KILL", expect_exit={-9}, resume_from=12),
@@ -194,6 +200,9 @@ def test_fault_matrix(cell: Cell, tmp_path: Path, reference, submit_args):
     if cell.expect_line:
         assert cell.expect_line in output, f"{cell.name}:\n{output[-3000:]}"
     assert "Traceback" not in output, f"{cell.name}: a traceback reached the console\n{output[-3000:]}"
+    node_log = node_log_path(run_dir, cell.node).read_text() if cell.node_log_lines else ""
+    for line in cell.node_log_lines:
+        assert line in node_log, f"{cell.name}: {line!r} not in the node log\n{node_log[-3000:]}"
     # the console shows ftlaunch's own lines only: an error is one line (then where to look)
     errors = [line for line in output.splitlines() if line.startswith("ftlaunch: ")]
     assert len(errors) <= 1, errors

@@ -6,6 +6,7 @@ recipe.yaml and plan.json.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m launcher.train RUN_DIR", file=sys.stderr)
         return 2
     run_dir = Path(argv[0]).resolve()
+    # A crash in native code (a comm library's abort, a kernel's segfault) prints this rank's Python
+    # stack into the node log: the only trace of where it happened.
+    faulthandler.enable()
     from launcher.train.memory import keep_freed_memory
 
     kept_freed_memory = keep_freed_memory()  # before torch allocates anything
