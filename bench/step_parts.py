@@ -94,6 +94,17 @@ def run(precision: str, kept: bool, steps: int, env: dict | None = None, last_la
                            last_layer, table], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
 
 
+def interleaved(rounds: int, variants: dict) -> dict:
+    """key -> run()'s keyword arguments; each variant in its own process, A B C A B C ... over rounds.
+    Returns key -> one result per round."""
+    results = {key: [] for key in variants}
+    for _ in range(rounds):
+        for key, kwargs in variants.items():
+            results[key].append(json.loads(run(**kwargs).stdout.strip().splitlines()[-1]))
+            print(key, results[key][-1], flush=True)
+    return results
+
+
 def timing_cells(results: list[dict]) -> str:
     """Mean step (median over rounds, min-max), then the median step and its parts, in ms, as table cells."""
     step = [r["mean_step"] for r in results]
@@ -107,11 +118,8 @@ def last_layer_study(rounds: int, steps: int) -> None:
     from launcher.cpu import native_bf16
 
     precisions = ("fp32", "bf16") if native_bf16() else ("fp32",)  # bf16 autocast without native bf16: 5x slower
-    variants = {(p, layer): [] for p in precisions for layer in ("all", "first")}
-    for _ in range(rounds):
-        for (precision, layer), results in variants.items():
-            results.append(json.loads(run(precision, True, steps, last_layer=layer).stdout.strip().splitlines()[-1]))
-            print(precision, layer, results[-1], flush=True)
+    variants = interleaved(rounds, {(p, layer): {"precision": p, "kept": True, "steps": steps, "last_layer": layer}
+                                    for p in precisions for layer in ("all", "first")})  # fmt: skip
     lines = ["| precision | last layer | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (precision, layer), results in variants.items():
@@ -124,11 +132,8 @@ def last_layer_study(rounds: int, steps: int) -> None:
 def rows_study(rounds: int, steps: int) -> None:
     """fp32 packed steps with the kept word-embedding gradient: its row record (as shipped) vs whole-table
     zeroing, norm and scaling (the record dropped after each backward, as before it existed)."""
-    variants = {table: [] for table in ("whole", "rows")}
-    for _ in range(rounds):
-        for table, results in variants.items():
-            results.append(json.loads(run("fp32", True, steps, table=table).stdout.strip().splitlines()[-1]))
-            print(table, results[-1], flush=True)
+    variants = interleaved(rounds, {table: {"precision": "fp32", "kept": True, "steps": steps, "table": table}
+                                    for table in ("whole", "rows")})  # fmt: skip
     lines = ["| word-embedding gradient | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for table, results in variants.items():
@@ -156,11 +161,8 @@ def main() -> None:
         return last_layer_study(args.rounds, args.steps)
     if args.rows:
         return rows_study(args.rounds, args.steps)
-    variants = {(p, kept): [] for p in ("fp32", "bf16") for kept in (False, True)}
-    for _ in range(args.rounds):
-        for (precision, kept), results in variants.items():
-            results.append(json.loads(run(precision, kept, args.steps).stdout.strip().splitlines()[-1]))
-            print(precision, "kept" if kept else "plain", results[-1], flush=True)
+    variants = interleaved(args.rounds, {(p, kept): {"precision": p, "kept": kept, "steps": args.steps}
+                                         for p in ("fp32", "bf16") for kept in (False, True)})  # fmt: skip
     gemms = {precision: gemm_ms_per_step(precision, args.steps) for precision in ("fp32", "bf16")}
     print("oneDNN matmul ms/step", gemms, flush=True)
     lines = ["| precision | word-embedding gradient | mean step ms (median of rounds, min-max) | median step | forward | backward | clip | optimizer | oneDNN matmuls |",
