@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with rank_status(run_dir, who):
             train(run_dir, recipe, plan, who, stop, kept_freed_memory)
+            stop.finish()  # a stop request before this line ends the rank as "stopped"; after it, as "done"
     except BaseException as exc:  # noqa: BLE001
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         if not isinstance(exc, SystemExit):

@@ -2,7 +2,9 @@
 flag; the loop checks it at each optimizer-step boundary, the ranks agree, checkpoint and exit.
 
 Outside the training loop (loading, saving) there is nothing to checkpoint yet, so a signal
-stops the rank at once.
+stops the rank at once. Once the rank's work is done, a signal has nothing left to stop: it is
+ignored, so the rank still reports "done" (a stop raised while that report is written would leave
+the rank looking as if it had died).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class StopRequest:
         self.requested = False
         self.signum: int | None = None
         self.in_loop = False
+        self.finished = False
 
     def install(self) -> bool:
         """False where Python cannot handle signals: accelerate's XLA launcher runs each rank in a thread
@@ -31,12 +34,18 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         faults.wake()
-        if self.requested:
-            return  # once is enough: Slurm signals every process of the step, and the node agent passes it on
+        if self.requested or self.finished:
+            # finished: nothing left to stop. Requested: once is enough (Slurm signals every process of
+            # the step, and the node agent passes it on)
+            return
         self.requested = True
         self.signum = signum
         if not self.in_loop:
             raise Stopped(signum)
+
+    def finish(self) -> None:
+        """The rank's work is done (model saved, results written): later stop requests are ignored."""
+        self.finished = True
 
     def agreed(self, accelerator) -> bool:
         """Collective: true on every rank as soon as any rank was asked to stop, so all stop at the

@@ -12,6 +12,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from launcher import faults
 from launcher.processes import process_start_time
 from launcher.rundir.status import write_status
 from launcher.train.identity import RankIdentity
@@ -52,4 +53,5 @@ def rank_status(run_dir: Path, who: RankIdentity):
             },
         )
         raise
+    faults.reach("rank.done")
     write({**base, "state": "done", "ended": time.time()})
