@@ -241,18 +241,19 @@ def test_report_x_sigkill_of_the_agent_writing_it_loses_nothing(tmp_path: Path, 
 
 
 def test_stop_request_after_a_rank_finished_leaves_a_finished_run(tmp_path: Path, reference, submit_args):
-    """SIGTERM reaching a rank whose work is done, while it writes its "done" status: the rank ends as
-    done (the request has nothing left to stop), the job is finished with exit 0, nothing is lost, and
-    no rank looks as if it had died."""
-    cell = Cell("rank done x SIGTERM submit", "rank.done@1:pause", "submit-TERM", node=1, expect_exit={0})
+    """SIGTERM reaching the ranks once their work is done, as they write their "done" status (both held
+    there, so that no rank is still working when it arrives): they end as done (the request has nothing
+    left to stop), the job is finished with exit 0, nothing is lost, and no rank looks as if it had died."""
+    cell = Cell("rank done x SIGTERM submit", "rank.done:pause", "submit-TERM", expect_exit={0})
     run_dir, code, output, stop_s = break_the_run(cell, submit_args, tmp_path / "runs", tmp_path / "faults")
     assert code == 0, output[-3000:]
     assert "ftlaunch: " not in output and "Traceback" not in output, output[-3000:]
-    assert (tmp_path / "faults" / "rank.done@1.woken").exists()  # the request did reach the paused rank
+    for rank in (0, 1):  # the request did reach the paused ranks
+        assert (tmp_path / "faults" / f"rank.done@{rank}.woken").exists(), rank
     assert final_state(run_dir) == reference
     statuses = [json.loads((run_dir / "status" / f"rank-{rank}.json").read_text())["state"] for rank in (0, 1)]
     assert statuses == ["done", "done"]
-    assert "Stopped" not in node_log_path(run_dir, 1).read_text()
+    assert not [n for n in (0, 1) if "Stopped" in node_log_path(run_dir, n).read_text()]
     refused = ftlaunch("submit", "--resume", run_dir, "--local")
     assert refused.returncode == 2 and "already finished" in refused.stderr
     MATRIX.append({"cell": cell.name, "exit": code, "stop_s": round(stop_s, 1), "resume_s": None, "equal": True})
