@@ -1,11 +1,15 @@
 """Where a MiniLM training step's time goes, fp32 and bf16, as ftlaunch trains on CPU, with and without
 the kept word-embedding gradient (launcher.train.embedding_grad), or (--last-layer) with the packed
 batch's last layer on every real token or on each row's first token only (launcher.train.packing), or
-(--rows) with the kept gradient's row record or without it (whole-table zeroing, norm and scaling).
+(--rows) with the kept gradient's row record or without it (whole-table zeroing, norm and scaling), or
+(--ops) the shipped fp32 step under torch's profiler: time by op class, and the linear layers' matrix
+products per shape against the same products run alone (how much of the step is the model's own math,
+and how close to this CPU's matrix-product rate it runs; the profiler adds its own overhead).
 
     python bench/step_parts.py                 # ~8 min
     python bench/step_parts.py --last-layer    # ~8 min: fp32 (and bf16 where the CPU has it)
     python bench/step_parts.py --rows          # ~5 min: fp32
+    python bench/step_parts.py --ops           # ~1 min: fp32
 
 The same 45 random MRPC batches of 8 for every variant, packed (launcher.train.packing), numpy dropout
 masks, glibc memory kept, the linear layers a run picks (bf16 autocast picks its own), ftlaunch's clipping at 1.0,
@@ -42,6 +46,10 @@ from launcher.train.packing import use_packed_sequences
 precision, kept, model_dir, mrpc, steps = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], int(sys.argv[5])
 last_layer_all_tokens = sys.argv[6] == "all"
 whole_table = sys.argv[7] == "whole"  # the kept gradient's row record dropped after every backward
+profiler = None
+if sys.argv[8] == "ops":  # the steps after warm-up under torch's profiler, input shapes recorded
+    from torch.profiler import ProfilerActivity, profile
+    profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 rows = [json.loads(line) for line in open(mrpc + "/train.jsonl")]
 order = random.Random(0)
@@ -65,6 +73,8 @@ if kept:
 optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=True)
 parts = {"forward": [], "backward": [], "clip": [], "optimizer": [], "step": []}
 for index, batch in enumerate(batches):
+    if index == 5 and profiler is not None:
+        profiler.__enter__()
     torch.manual_seed(index)
     t0 = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -84,14 +94,18 @@ for index, batch in enumerate(batches):
             parts[name].append(seconds)
 result = {name: round(statistics.median(values) * 1000, 2) for name, values in parts.items()}
 result["mean_step"] = round(statistics.mean(parts["step"]) * 1000, 2)  # what a run's time adds up: stalls included
+if profiler is not None:
+    profiler.__exit__(None, None, None)
+    result["ops"] = [{"name": e.key, "shapes": e.input_shapes, "calls": e.count, "self_us": e.self_cpu_time_total}
+                     for e in profiler.key_averages(group_by_input_shape=True) if e.self_cpu_time_total > 0]
 print(json.dumps(result))
 """
 
 
 def run(precision: str, kept: bool, steps: int, env: dict | None = None, last_layer: str = "first",
-        table: str = "rows") -> subprocess.CompletedProcess:  # fmt: skip
+        table: str = "rows", ops: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
     return subprocess.run([sys.executable, "-c", STEP, precision, str(int(kept)), str(minilm_dir()), str(mrpc_dir()), str(steps),
-                           last_layer, table], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
+                           last_layer, table, "ops" if ops else "-"], capture_output=True, text=True, check=True, cwd=REPO, env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def interleaved(rounds: int, variants: dict) -> dict:
@@ -142,6 +156,80 @@ def rows_study(rounds: int, steps: int) -> None:
     write_result("step_parts_rows", {"rounds": rounds, "steps": steps, "runs": variants}, "\n".join(lines))
 
 
+# What each op of the step is, for the --ops table (self time, so nothing is counted twice).
+OP_CLASSES = (
+    ("linear GEMMs", ("aten::mm", "aten::addmm")),
+    ("attention GEMMs", ("aten::bmm",)),
+    ("AdamW", ("aten::_fused_adamw_",)),
+    ("dropout (masks, scaling)", ("_Dropout", "_DropoutBackward", "aten::where", "aten::native_dropout_backward")),
+    ("clipping norms", ("aten::linalg_vector_norm",)),
+)
+
+GEMM_SIZES = """
+import json, sys, time, torch
+rates = {}
+for shape in json.loads(sys.argv[1]):
+    m, k, n = shape
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    best = float("inf")
+    for _ in range(6):  # the best of 6 blocks of 20: the rate the machine gives when nothing interferes
+        started = time.perf_counter()
+        for _ in range(20):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - started) / 20)
+    rates["x".join(map(str, shape))] = round(2 * m * k * n / best / 1e9, 1)
+print(json.dumps(rates))
+"""
+
+
+def gemm_shape(op: dict) -> tuple[int, int, int] | None:
+    """(m, k, n) of a 2-D matrix product from its recorded input shapes."""
+    shapes = op["shapes"][1:3] if op["name"] == "aten::addmm" else op["shapes"][0:2]
+    if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+        return None
+    (m, k), (_, n) = shapes
+    return m, k, n
+
+
+def ops_study(steps: int) -> None:
+    """The shipped fp32 step under torch's profiler: where its time goes by op class, and the linear layers'
+    matrix products per shape (T = the batch's real tokens) against the same shapes run alone."""
+    result = json.loads(run("fp32", True, steps, ops=True).stdout.strip().splitlines()[-1])
+    ops = result.pop("ops")
+    total = sum(op["self_us"] for op in ops)
+    classes = {name: sum(op["self_us"] for op in ops if op["name"] in members) for name, members in OP_CLASSES}
+    classes["everything else"] = total - sum(classes.values())
+    lines = ["| op class | ms per step (profiled) | share |", "|---|---|---|"]
+    lines += [f"| {name} | {us / steps / 1000:.1f} | {100 * us / total:.1f}% |" for name, us in classes.items()]
+    members = {m for _, names in OP_CLASSES for m in names}
+    rest: dict[str, float] = {}
+    for op in ops:
+        if op["name"] not in members:
+            rest[op["name"]] = rest.get(op["name"], 0.0) + op["self_us"]
+    largest = sorted(rest.items(), key=lambda item: -item[1])[:8]
+    lines.append("| of which the largest | " + ", ".join(f"{name} {us / steps / 1000:.1f}" for name, us in largest) + " | |")
+    # Shapes by the role of their dimensions: T (tokens, varies by batch) or a model width.
+    by_role: dict[str, list[float]] = {}
+    tokens = []
+    for op in ops:
+        shape = gemm_shape(op) if op["name"] in ("aten::mm", "aten::addmm") else None
+        if shape is None or min(shape) < 64:  # the classifier's and first-token products: tiny
+            continue
+        role = " x ".join("T" if d not in (384, 1536) else str(d) for d in shape)
+        tokens += [d for d in shape if d not in (384, 1536)]
+        flops, us = by_role.setdefault(role, [0.0, 0.0])
+        by_role[role] = [flops + 2 * shape[0] * shape[1] * shape[2] * op["calls"], us + op["self_us"]]
+    typical = int(statistics.median(tokens))
+    alone_shapes = [[typical if part == "T" else int(part) for part in role.split(" x ")] for role in by_role]
+    alone = json.loads(subprocess.run([sys.executable, "-c", GEMM_SIZES, json.dumps(alone_shapes)], capture_output=True,
+                                      text=True, check=True).stdout)  # fmt: skip
+    lines += ["", f"| linear GEMM (m x k x n) | GFLOP/s in the step | alone, T = {typical} |", "|---|---|---|"]
+    for (role, (flops, us)), shape in zip(by_role.items(), alone_shapes):
+        lines.append(f"| {role} | {flops / us / 1e3:.0f} | {alone['x'.join(map(str, shape))]:.0f} |")
+    result.update(classes_us=classes, gemm_roles={r: {"flops": f, "us": u} for r, (f, u) in by_role.items()}, alone=alone)
+    write_result("step_parts_ops", {"steps": steps, **result}, "\n".join(lines))
+
+
 def gemm_ms_per_step(precision: str, steps: int) -> float:
     """oneDNN's own timing of every matmul it ran, per step (warm-up steps included, so a slight overestimate)."""
     out = run(precision, True, steps, {"ONEDNN_VERBOSE": "all"}).stdout.splitlines()
@@ -156,7 +244,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--last-layer", action="store_true", help="the packed last layer: every token vs first tokens")
     parser.add_argument("--rows", action="store_true", help="the kept embedding gradient: rows on record vs whole table")
+    parser.add_argument("--ops", action="store_true", help="the shipped fp32 step under torch's profiler, by op class")
     args = parser.parse_args()
+    if args.ops:
+        return ops_study(args.steps)
     if args.last_layer:
         return last_layer_study(args.rounds, args.steps)
     if args.rows:
