@@ -23,6 +23,7 @@ attention's batched products, which stay on MKL): what those GEMMs alone cost.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -202,23 +203,24 @@ def ops_study(steps: int) -> None:
     lines = ["| op class | ms per step (profiled) | share |", "|---|---|---|"]
     lines += [f"| {name} | {us / steps / 1000:.1f} | {100 * us / total:.1f}% |" for name, us in classes.items()]
     members = {m for _, names in OP_CLASSES for m in names}
-    rest: dict[str, float] = {}
+    rest = collections.Counter()
     for op in ops:
         if op["name"] not in members:
-            rest[op["name"]] = rest.get(op["name"], 0.0) + op["self_us"]
-    largest = sorted(rest.items(), key=lambda item: -item[1])[:8]
+            rest[op["name"]] += op["self_us"]
+    largest = rest.most_common(8)
     lines.append("| of which the largest | " + ", ".join(f"{name} {us / steps / 1000:.1f}" for name, us in largest) + " | |")
     # Shapes by the role of their dimensions: T (tokens, varies by batch) or a model width.
-    by_role: dict[str, list[float]] = {}
+    by_role: dict[str, list[float]] = {}  # role -> [flops, us]
     tokens = []
     for op in ops:
-        shape = gemm_shape(op) if op["name"] in ("aten::mm", "aten::addmm") else None
+        shape = gemm_shape(op) if op["name"] in dict(OP_CLASSES)["linear GEMMs"] else None
         if shape is None or min(shape) < 64:  # the classifier's and first-token products: tiny
             continue
         role = " x ".join("T" if d not in (384, 1536) else str(d) for d in shape)
         tokens += [d for d in shape if d not in (384, 1536)]
-        flops, us = by_role.setdefault(role, [0.0, 0.0])
-        by_role[role] = [flops + 2 * shape[0] * shape[1] * shape[2] * op["calls"], us + op["self_us"]]
+        totals = by_role.setdefault(role, [0.0, 0.0])
+        totals[0] += 2 * shape[0] * shape[1] * shape[2] * op["calls"]
+        totals[1] += op["self_us"]
     typical = int(statistics.median(tokens))
     alone_shapes = [[typical if part == "T" else int(part) for part in role.split(" x ")] for role in by_role]
     alone = json.loads(subprocess.run([sys.executable, "-c", GEMM_SIZES, json.dumps(alone_shapes)], capture_output=True,
