@@ -9,7 +9,9 @@ A spec is POINT[#N][@RANK]:ACTION, several separated by commas. #N: at the point
 FTL_FAULT_DIR/POINT@RANK.reached (pid, time). Actions: pause (then wait for POINT@RANK.release or
 any handled signal; a signal also writes POINT@RANK.woken, so a test releases later attempts only
 once this one has its stop request), kill (SIGKILL this process), exit (os._exit(1)), raise (RuntimeError),
-abort (os.abort(): SIGABRT, as a native library's std::terminate or assert would).
+abort (os.abort(): SIGABRT, as a native library's std::terminate or assert would), straggle (start a
+daemon thread that keeps calling into torch, as gloo's worker threads do while they release a finished
+collective, and go on: a process that then ends through Python's teardown aborts).
 Unset, a fault point costs one truthiness test.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 ENV = "FTL_FAULT"
 DIR_ENV = "FTL_FAULT_DIR"
-ACTIONS = ("pause", "kill", "exit", "raise", "abort")
+ACTIONS = ("pause", "kill", "exit", "raise", "abort", "straggle")
 PAUSE_LIMIT_S = 300
 
 
@@ -88,6 +90,9 @@ def _act(fault: Fault, rank: int) -> None:
         os.abort()
     if fault.action == "raise":
         raise RuntimeError(f"fault injected at {fault.point}")
+    if fault.action == "straggle":
+        _straggle()
+        return
     global _paused
     deadline = time.monotonic() + PAUSE_LIMIT_S
     _paused = folder / f"{name}.woken"
@@ -96,3 +101,22 @@ def _act(fault: Fault, rank: int) -> None:
             time.sleep(0.05)
     finally:
         _paused = None
+
+
+def _straggle() -> None:
+    """A thread that is inside torch (GIL released) nearly all the time: when the interpreter finalizes,
+    it comes back for the GIL from a C++ frame and std::terminate ends the process."""
+    import threading
+
+    import torch
+
+    matrix = torch.randn(300, 300)
+    started = threading.Event()
+
+    def work():
+        started.set()
+        while True:
+            torch.mm(matrix, matrix)
+
+    threading.Thread(target=work, name="ftl-straggler", daemon=True).start()
+    started.wait()

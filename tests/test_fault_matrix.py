@@ -259,6 +259,24 @@ def test_stop_request_after_a_rank_finished_leaves_a_finished_run(tmp_path: Path
     MATRIX.append({"cell": cell.name, "exit": code, "stop_s": round(stop_s, 1), "resume_s": None, "equal": True})
 
 
+def test_a_finished_rank_ends_well_while_a_native_thread_is_still_in_torch(tmp_path: Path, reference, submit_args):
+    """Every rank ends with a thread still calling into torch, as gloo's worker threads are while they
+    release the last collective's work. A rank that ended through Python's teardown would abort there
+    (std::terminate, SIGABRT) after its work was done: each one ends without it, and nothing is lost."""
+    faults_dir = tmp_path / "faults"
+    result = ftlaunch(*submit_args(tmp_path / "runs"), env={"FTL_FAULT": "rank.exit:straggle",
+                                                           "FTL_FAULT_DIR": str(faults_dir)})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for rank in (0, 1):  # the thread was started in every rank
+        assert (faults_dir / f"rank.exit@{rank}.reached").exists(), rank
+    run_dir = only_run_dir(tmp_path / "runs")
+    assert final_state(run_dir) == reference
+    for node in (0, 1):
+        log = node_log_path(run_dir, node).read_text()
+        for sign in ("terminate called", "Fatal Python error", "ChildFailedError", "exitcode"):
+            assert sign not in log, (node, sign, log[-3000:])
+
+
 # ---------------------------------------------------------------- on the real Slurm dev cluster
 
 

@@ -55,3 +55,28 @@ def test_a_release_ends_the_pause_without_a_woken_marker(tmp_path):
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "went on" in out
     assert not (tmp_path / "demo.point@0.woken").exists()
+
+
+ENDING_RANK = """
+import sys
+from launcher import faults
+from launcher.train.__main__ import end_rank
+faults.reach("rank.exit")
+print("work done", flush=True)
+if sys.argv[1] == "end_rank":
+    end_rank(0)
+"""
+
+
+@pytest.mark.parametrize("ending", ["teardown", "end_rank"])
+def test_a_straggling_thread_aborts_pythons_teardown_and_not_end_rank(tmp_path, ending):
+    """The straggle fault does to a finished process what gloo's worker threads can do to a rank after
+    its last collective (the fault matrix relies on it): Python's teardown aborts; end_rank does not."""
+    env = dict(os.environ, FTL_FAULT="rank.exit:straggle", FTL_FAULT_DIR=str(tmp_path), RANK="0")
+    result = subprocess.run([sys.executable, "-c", ENDING_RANK, ending], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert "work done" in result.stdout and (tmp_path / "rank.exit@0.reached").exists()
+    if ending == "teardown":
+        assert result.returncode == -signal.SIGABRT and "terminate called" in result.stderr, result.stderr
+    else:
+        assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from launcher import faults
 from launcher.rundir.durable import write_json
@@ -57,12 +58,20 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
         if not isinstance(exc, SystemExit):
             traceback.print_exc()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Exit now: tearing down a process group whose peer is gone can hang in destructors,
-        # and the launcher must see this rank end. The status file already says why.
-        os._exit(code)
+        # Tearing down a process group whose peer is gone can hang in destructors, and the launcher
+        # must see this rank end. The status file already says why.
+        end_rank(code)
     return 0
+
+
+def end_rank(code: int) -> NoReturn:
+    """End this process now, without Python's teardown. After the last collective, gloo's worker
+    threads may still be releasing its work, which takes the GIL; a thread that takes it while the
+    interpreter finalizes aborts the process ("terminate called without an active exception") after
+    its work is done. Everything the rank wrote is closed by now; only the std streams need a flush."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> None:
@@ -249,4 +258,6 @@ def make_adamw(groups: list[dict], recipe, fused: bool):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    returncode = main()
+    faults.reach("rank.exit")
+    end_rank(returncode)
