@@ -82,7 +82,15 @@ def machine() -> dict:
     import torch
 
     return {"cpu": cpu(), "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+            "date": time.strftime("%Y-%m-%d"), "commit": commit()}  # fmt: skip
+
+
+def commit() -> str:
+    """The code measured: HEAD, marked when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=REPO).stdout.strip()  # fmt: skip
+    return f"{head or 'unknown'}{'+changes' if dirty else ''}"
 
 
 def write_result(name: str, payload: dict, table: str) -> None:

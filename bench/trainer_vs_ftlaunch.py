@@ -10,7 +10,9 @@ recipe override to every ftlaunch run (e.g. data.group_by_length=false for the T
 --variant NAME:KEY=VALUE,... adds an ftlaunch run with those overrides to every pair (what one change
 buys, interleaved with the rest); a KEY of env.NAME sets an environment variable instead, e.g.
 --variant no-malloc-tuning:env.FTL_KEEP_FREED_MEMORY=0 --variant mkl-linear:train.cpu_linear=aten.
---table results/NAME.json prints a stored result's table (variants with their accuracy) without running.
+--seed-list 45,46 runs those seeds only (a long form completed in two sittings).
+--table results/NAME.json prints a stored result's table (variants with their accuracy) without running;
+several files of the same form and CPU print one table of all their pairs.
 """
 
 from __future__ import annotations
@@ -80,10 +82,11 @@ def table(machine_cpu: dict, payload: dict) -> str:
             else f"full ({payload['epochs']} epochs, evaluation every epoch)")  # fmt: skip
     generation = f" ({machine_cpu['family_model']}, {'AVX-512' if machine_cpu.get('avx512f') else 'no AVX-512'})" \
         if "family_model" in machine_cpu else ""  # results written before it was recorded lack it
+    code = f" Code: {', '.join(payload['commits'])}." if payload.get("commits") else ""  # several files' pairs
     lines = [f"CPU: {machine_cpu['model']}{generation}, {machine_cpu['cores']} cores; native bf16 flags: "
              f"{', '.join(machine_cpu['native_bf16']) or 'none'}; AMX: {', '.join(machine_cpu['amx']) or 'none'}. "
              f"Form: {form}. ftlaunch overrides: {payload['ftlaunch_sets'] or 'none'}; "
-             f"variants: {payload['variants'] or 'none'}.", "",
+             f"variants: {payload['variants'] or 'none'}.{code}", "",
              "| precision | seeds | Trainer train s | ftlaunch train s | speed-up (median, min-max) | Trainer acc / F1 | ftlaunch acc / F1 |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in payload["rows"]:
@@ -101,27 +104,49 @@ def table(machine_cpu: dict, payload: dict) -> str:
     return "\n".join(lines)
 
 
+def merged(payloads: list[dict]) -> tuple[dict, dict]:
+    """One payload of several results files' pairs, row by row; refused unless the files measured the
+    same thing on the same CPU."""
+    same = ("form", "epochs", "short_steps", "ftlaunch_sets", "variants")
+    first = payloads[0]
+    for other in payloads[1:]:
+        differ = [k for k in same if other.get(k) != first.get(k)]
+        if other["machine"]["cpu"] != first["machine"]["cpu"]:
+            differ.append("CPU")
+        if differ:
+            sys.exit(f"--table: the files differ in {', '.join(differ)}: their pairs do not make one table")
+    rows: dict[str, list] = {}
+    for payload in payloads:
+        for row in payload["rows"]:
+            rows.setdefault(row["precision"], []).extend(row["pairs"])
+    commits = sorted({payload["machine"].get("commit", "unrecorded") for payload in payloads})
+    return first["machine"]["cpu"], {**first, "rows": [{"precision": k, "pairs": v} for k, v in rows.items()],
+                                     "commits": commits}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--form", choices=["short", "full"], default="short")
     parser.add_argument("--precisions", default="no")
     parser.add_argument("--seeds", type=int, default=None, help="seeds (full form: 5; short form: 3 pairs)")
+    parser.add_argument("--seed-list", default=None, metavar="S,S,...", help="these seeds instead of the first --seeds")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--ftlaunch-set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...")
     parser.add_argument("--name", default=None, help="results file name (default trainer_vs_ftlaunch_<form>)")
-    parser.add_argument("--table", type=Path, metavar="RESULTS_JSON", help="print the table of a results file, run nothing")
+    parser.add_argument("--table", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="print the table of these results files' pairs, run nothing")  # fmt: skip
     args = parser.parse_args()
     if args.table:
-        payload = json.loads(args.table.read_text())
-        print(table(payload["machine"]["cpu"], payload))
+        machine_cpu, payload = merged([json.loads(path.read_text()) for path in args.table])
+        print(table(machine_cpu, payload))
         return
     sets = dict(item.split("=", 1) for item in args.ftlaunch_set)
     variants = {}
     for item in args.variant:
         name, _, overrides = item.partition(":")
         variants[name] = {**sets, **dict(pair.split("=", 1) for pair in overrides.split(","))}
-    seeds = SEEDS[: args.seeds or (5 if args.form == "full" else 3)]
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else SEEDS[: args.seeds or (5 if args.form == "full" else 3)]
     machine_cpu = cpu()
     rows = []
     for precision in args.precisions.split(","):
