@@ -231,7 +231,7 @@ DDP = textwrap.dedent(
     import os, sys
     import torch, torch.distributed as dist
     from launcher.train import embedding_grad
-    from launcher.train.__main__ import end_rank
+    from launcher.train.ending import end_process
     embedding_grad.MIN_BYTES = 0
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", rank=rank, world_size=2, init_method="file://" + sys.argv[2])
@@ -253,7 +253,7 @@ DDP = textwrap.dedent(
     assert len(addresses) == 1, addresses
     dist.destroy_process_group()
     print("ok")
-    end_rank(0)  # as a rank ends: gloo's workers may still be releasing the last allreduce
+    end_process(0)  # as a rank ends: gloo's workers may still be releasing the last allreduce
     """
 )
 

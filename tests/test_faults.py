@@ -60,18 +60,18 @@ def test_a_release_ends_the_pause_without_a_woken_marker(tmp_path):
 ENDING_RANK = """
 import sys
 from launcher import faults
-from launcher.train.__main__ import end_rank
+from launcher.train.ending import end_process
 faults.reach("rank.exit")
 print("work done", flush=True)
-if sys.argv[1] == "end_rank":
-    end_rank(0)
+if sys.argv[1] == "end_process":
+    end_process(0)
 """
 
 
-@pytest.mark.parametrize("ending", ["teardown", "end_rank"])
-def test_a_straggling_thread_aborts_pythons_teardown_and_not_end_rank(tmp_path, ending):
+@pytest.mark.parametrize("ending", ["teardown", "end_process"])
+def test_a_straggling_thread_aborts_pythons_teardown_and_not_end_process(tmp_path, ending):
     """The straggle fault does to a finished process what gloo's worker threads can do to a rank after
-    its last collective (the fault matrix relies on it): Python's teardown aborts; end_rank does not."""
+    its last collective (the fault matrix relies on it): Python's teardown aborts; end_process does not."""
     env = dict(os.environ, FTL_FAULT="rank.exit:straggle", FTL_FAULT_DIR=str(tmp_path), RANK="0")
     result = subprocess.run([sys.executable, "-c", ENDING_RANK, ending], cwd=REPO, env=env, capture_output=True,
                             text=True, timeout=120)  # fmt: skip

@@ -145,7 +145,7 @@ def make_plan(
         program = ["-m", "launcher.train", run_dir]
     else:
         work = _script_work(recipe, run_dir, device, notes)
-        program = [work["entrypoint"]["script"], *recipe.entrypoint.args]
+        program = ["-m", "launcher.train.user_script", work["entrypoint"]["script"], *recipe.entrypoint.args]
     if placement is None:
         node_command, launch_command = _commands(python, run_dir, program)
         rendezvous = _rendezvous(recipe, target, local_port)

@@ -13,11 +13,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
 
 from launcher import faults
 from launcher.rundir.durable import write_json
 from launcher.rundir.layout import MODEL_DIR, PLAN_FILE, RECIPE_FILE, RESULTS_FILE
+from launcher.train.ending import end_process
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the fork after tokenization would warn
 
@@ -60,18 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         # Tearing down a process group whose peer is gone can hang in destructors, and the launcher
         # must see this rank end. The status file already says why.
-        end_rank(code)
+        end_process(code)
     return 0
-
-
-def end_rank(code: int) -> NoReturn:
-    """End this process now, without Python's teardown. After the last collective, gloo's worker
-    threads may still be releasing its work, which takes the GIL; a thread that takes it while the
-    interpreter finalizes aborts the process ("terminate called without an active exception") after
-    its work is done. Everything the rank wrote is closed by now; only the std streams need a flush."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def train(run_dir: Path, recipe, plan, who, stop, kept_freed_memory: bool) -> None:
@@ -260,4 +250,4 @@ def make_adamw(groups: list[dict], recipe, fused: bool):
 if __name__ == "__main__":
     returncode = main()
     faults.reach("rank.exit")
-    end_rank(returncode)
+    end_process(returncode)
