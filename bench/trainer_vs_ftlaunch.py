@@ -146,7 +146,9 @@ def main() -> None:
     for item in args.variant:
         name, _, overrides = item.partition(":")
         variants[name] = {**sets, **dict(pair.split("=", 1) for pair in overrides.split(","))}
-    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else SEEDS[: args.seeds or (5 if args.form == "full" else 3)]
+    seeds = SEEDS[: args.seeds or (5 if args.form == "full" else 3)]
+    if args.seed_list:
+        seeds = [int(seed) for seed in args.seed_list.split(",")]
     machine_cpu = cpu()
     rows = []
     for precision in args.precisions.split(","):
